@@ -1,0 +1,40 @@
+"""Logging a training run to MLflow: resolved config, dataset inputs, per-step losses, scores, the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import yaml
+from prefect import task
+
+from registry.tracking import flatten, log_dataset, log_params, log_series, setup_tracking
+from tasks.config import PipelineConfig
+from tasks.records import ModelDir, PreparedData, TrainResult
+
+
+def log_training_run(root: Path, config: PipelineConfig, data: PreparedData, results: list[TrainResult],
+                     scores: dict[str, float], model: ModelDir, timings: dict[str, float]) -> str:
+    """Create an MLflow run holding everything about one training; return its run id."""
+    setup_tracking(root)
+    with mlflow.start_run(run_name=f"{config.name}-train") as run:
+        run_id = run.info.run_id
+        log_params(run_id, flatten(config.model_dump(mode="json")))
+        mlflow.set_tags({"slmops.stage": "train", "slmops.dataset_digest": data.digest,
+                         "slmops.model_digest": model.digest})
+        for split, source in data.sources.items():
+            log_dataset(f"{config.name}-{split}", source, data.digest, context=split)
+        for result in results:
+            log_series(run_id, f"{result.stage}/loss", enumerate(result.losses, start=1))
+            log_series(run_id, f"{result.stage}/val_loss", result.val_losses)
+            mlflow.log_metric(f"{result.stage}/trainable_parameters", result.trainable_parameters)
+            if result.method:
+                mlflow.set_tag(f"slmops.{result.stage}.method", result.method)
+        mlflow.log_metrics({f"exact_match/{name}": value for name, value in scores.items()})
+        mlflow.log_metrics({f"seconds/{name}": value for name, value in timings.items()})
+        mlflow.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config.yaml")
+        mlflow.log_artifacts(model.path, artifact_path="model")
+    return run_id
+
+
+log_training_run_task = task(log_training_run, name="log-training-run", retries=2, retry_delay_seconds=2)

@@ -1,0 +1,71 @@
+"""MLflow tracking: where runs go, and logging a training run (params, per-step losses, inputs, outputs)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+EXPERIMENT = "slmops"
+
+
+def tracking_uri(root: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the embedded sqlite store under ``root``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def setup_tracking(root: Path, experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at the store and make sure the experiment exists with an absolute artifact location."""
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        location = None if uri.startswith("http") else (Path(root).resolve() / "mlartifacts").as_uri()
+        exp_id = client.create_experiment(experiment, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": "1"}`` for MLflow params (values cut to MLflow's 6000 chars)."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+def log_params(run_id: str, params: dict[str, str]) -> None:
+    """Log many params in batches of 100 (MLflow's limit per call)."""
+    client = MlflowClient()
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i: i + 100])
+
+
+def log_series(run_id: str, key: str, points: Iterable[tuple[int, float]]) -> None:
+    """Log a metric history (step, value) in batches of 1000."""
+    client = MlflowClient()
+    metrics = [Metric(key, float(v), 0, int(s)) for s, v in points]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i: i + 1000])
+
+
+def log_dataset(name: str, source: str, digest: str, context: str) -> None:
+    """Record a dataset input (name, source URI, content digest) on the active run."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    dataset = MetaDataset(source=resolve_dataset_source(source), name=name, digest=digest[:36])
+    mlflow.log_input(dataset, context=context)

@@ -1,0 +1,154 @@
+"""One pydantic model per stage; the same models validate YAML, ``--set`` overrides and the Prefect UI form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks.errors import ConfigError
+
+
+class StageConfig(BaseModel):
+    """Base: a misspelt key is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(StageConfig):
+    """Where the instruction data lives and how it is tokenized."""
+
+    train: str = Field(description="Train split: local JSONL path or s3:// URI (chat or prompt/completion rows).")
+    validation: str | None = Field(None, description="Validation split (JSONL path or s3:// URI).")
+    test: str | None = Field(None, description="Test split used for exact-match evaluation.")
+    max_length: int = Field(256, gt=8, le=32768, description="Tokens per example; longer rows are rejected.")
+
+
+class TrainLoopConfig(StageConfig):
+    """Optimizer settings shared by every training stage."""
+
+    steps: int = Field(200, gt=0, description="Optimizer steps.")
+    batch_size: int = Field(16, gt=0, description="Examples per step.")
+    learning_rate: float = Field(1e-3, gt=0, lt=1, description="Peak AdamW learning rate (linear decay).")
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    eval_every: int = Field(50, gt=0, description="Steps between validation-loss measurements.")
+
+
+class DistillConfig(TrainLoopConfig):
+    """Knowledge distillation of a teacher into a smaller student."""
+
+    enabled: bool = Field(True, description="Run distillation; when off the student goes straight to LoRA.")
+    teacher: str = Field(description="Teacher model: local folder, hub id, or demo:teacher.")
+    student: str = Field(description="Student model to train: local folder, hub id, or demo:student-qwen2.")
+    method: Literal["auto", "logit", "sequence"] = Field(
+        "auto",
+        description="logit: KL on soft targets (needs a shared tokenizer); sequence: train on teacher "
+        "generations; auto: logit when the tokenizers match, else sequence.",
+    )
+    temperature: float = Field(2.0, gt=0, le=20, description="Softmax temperature T for logit distillation.")
+    kl_weight: float = Field(0.5, ge=0, le=1, description="Weight of the KL term; CE gets 1 - kl_weight.")
+    max_new_tokens: int = Field(32, gt=0, description="Answer length the teacher may generate (sequence).")
+
+
+class FinetuneConfig(TrainLoopConfig):
+    """LoRA fine-tuning followed by a merge into a plain Hugging Face folder."""
+
+    enabled: bool = Field(True, description="Run LoRA fine-tuning.")
+    r: int = Field(8, gt=0, le=1024, description="LoRA rank.")
+    alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="Module names that get LoRA adapters.",
+    )
+    qlora: bool = Field(False, description="Load the base in 4-bit (needs CUDA and bitsandbytes).")
+
+
+class RuntimeConfig(StageConfig):
+    """How the pipeline uses this machine."""
+
+    seed: int = Field(0, ge=0, description="Random seed for data order and initialisation.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu.")
+    threads: int | None = Field(None, ge=1, description="Torch CPU threads (default: SLMOPS_THREADS or torch's).")
+
+
+class PipelineConfig(StageConfig):
+    """The whole train pipeline: data → distill → LoRA → merge."""
+
+    name: str = Field("demo-slm", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="Registered model name and MLflow run-name prefix.")
+    data: DataConfig
+    distill: DistillConfig
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> PipelineConfig:
+        if not self.distill.enabled and not self.finetune.enabled:
+            raise ValueError("distill.enabled and finetune.enabled are both false: nothing to train")
+        return self
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
+    """Parse ``dotted.key=value`` pairs; values are YAML scalars (``3``, ``true``, ``[a, b]``)."""
+    parsed = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
+            raise ConfigError(f"--set expects dotted.key=value, got {pair!r}")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """Render pydantic errors as ``key: message`` lines naming the offending dotted key."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key (not a field of this section)" if err["type"] == "extra_forbidden" else err["msg"]
+        got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err.get('input')!r})"
+        lines.append(f"  {key}: {msg}{got}")
+    return f"invalid configuration in {source}:\n" + "\n".join(lines)
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> PipelineConfig:
+    """Validate a raw mapping into a PipelineConfig or raise ConfigError naming every bad key."""
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a YAML config file, apply ``--set`` overrides, and validate it before anything runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(raw, key, value)
+    return validate_config(raw, str(path))

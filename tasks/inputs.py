@@ -1,0 +1,36 @@
+"""Resolving a config's references (``demo:`` assets, local folders, hub ids) into records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from tasks.config import PipelineConfig
+from tasks.demo import resolve_ref
+from tasks.records import ModelDir
+
+
+def resolve_inputs(config: PipelineConfig, root: Path) -> PipelineConfig:
+    """Copy of ``config`` with every ``demo:`` reference replaced by its local path (made if absent)."""
+    data = config.data.model_copy(update={
+        key: resolve_ref(value, root) for key in ("train", "validation", "test")
+        if (value := getattr(config.data, key))
+    })
+    distill = config.distill.model_copy(update={
+        "teacher": resolve_ref(config.distill.teacher, root),
+        "student": resolve_ref(config.distill.student, root),
+    })
+    return config.model_copy(update={"data": data, "distill": distill})
+
+
+def describe_model(ref: str) -> ModelDir:
+    """Record for a model reference: a local folder is digested; a hub id is keyed by its name."""
+    path = Path(ref)
+    if path.is_dir():
+        return ModelDir.from_path(path)
+    return ModelDir(path=ref, digest=f"hub:{ref}")
+
+
+resolve_inputs_task = task(resolve_inputs, name="resolve-inputs")
+describe_model_task = task(describe_model, name="describe-model")

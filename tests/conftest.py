@@ -1,0 +1,55 @@
+"""Test session: all state in a temporary SLMOPS_HOME, tiny demo assets, a Prefect test harness."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before anything imports prefect: point every piece of state at a throwaway home.
+_HOME = Path(tempfile.mkdtemp(prefix="slmops-test-"))
+os.environ["SLMOPS_HOME"] = str(_HOME)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.setdefault("SLMOPS_THREADS", "2")
+
+from tasks.settings import configure_environment  # noqa: E402
+
+configure_environment()
+
+import pytest  # noqa: E402
+
+from tasks.config import TrainLoopConfig  # noqa: E402
+from tasks.demo import DemoSpec, ModelShape, ensure_demo_assets  # noqa: E402
+
+TINY_SPEC = DemoSpec(
+    seed=1,
+    vocab_size=320,
+    other_vocab_size=300,
+    teacher=ModelShape(architecture="llama", hidden_size=64, layers=2, heads=4, kv_heads=2,
+                       intermediate_size=128, max_positions=128),
+    student=ModelShape(architecture="qwen2", hidden_size=32, layers=1, heads=2, kv_heads=1,
+                       intermediate_size=64, max_positions=128),
+    teacher_training=TrainLoopConfig(steps=40, batch_size=16, learning_rate=5e-3, warmup_steps=5, eval_every=20),
+)
+
+
+@pytest.fixture(scope="session")
+def home() -> Path:
+    """The session's SLMOPS_HOME."""
+    return _HOME
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(home: Path) -> Path:
+    """Folder of tiny demo assets (tokenizers, data splits, trained teacher, students), made once."""
+    return ensure_demo_assets(home, TINY_SPEC)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API for tests that run flows."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
