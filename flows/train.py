@@ -31,7 +31,8 @@ class TrainSummary(BaseModel):
     seconds: dict[str, float]
 
 
-def _timed(timings: dict[str, float], name: str, fn, *args):
+def timed(timings: dict[str, float], name: str, fn, *args):
+    """Call ``fn(*args)`` and record its wall time under ``name``."""
     start = time.perf_counter()
     result = fn(*args)
     timings[name] = round(time.perf_counter() - start, 2)
@@ -42,29 +43,29 @@ def train_steps(config: PipelineConfig, root: Path) -> TrainSummary:
     """The training DAG as tasks inside the calling flow (shared by ``train`` and ``slm_pipeline``)."""
     check_qlora(config.finetune)
     t: dict[str, float] = {}
-    cfg = _timed(t, "resolve_inputs", resolve_inputs_task, config, root)
-    data = _timed(t, "prepare_data", prepare_data_task, cfg.data, root / "data")
+    cfg = timed(t, "resolve_inputs", resolve_inputs_task, config, root)
+    data = timed(t, "prepare_data", prepare_data_task, cfg.data, root / "data")
     teacher, student = describe_model_task(cfg.distill.teacher), describe_model_task(cfg.distill.student)
     results: list[TrainResult] = []
     models = {"teacher": teacher, "student": student}
     current = student
     if cfg.distill.enabled:
         out = stage_dir(root, "distill", teacher, student, data, cfg.distill, cfg.runtime)
-        distilled = _timed(t, "distill", distill_task, teacher, student, data, cfg.distill,
+        distilled = timed(t, "distill", distill_task, teacher, student, data, cfg.distill,
                            cfg.data.max_length, cfg.runtime, out)
         results.append(distilled)
         current = models["distilled"] = distilled.model
     if cfg.finetune.enabled:
         out = stage_dir(root, "lora", current, data, cfg.finetune, cfg.runtime)
-        adapter = _timed(t, "finetune", finetune_task, current, data, cfg.finetune, cfg.data.max_length,
+        adapter = timed(t, "finetune", finetune_task, current, data, cfg.finetune, cfg.data.max_length,
                          cfg.runtime, out)
         results.append(adapter)
-        current = models["lora"] = _timed(t, "merge", merge_task, current, adapter.model,
+        current = models["lora"] = timed(t, "merge", merge_task, current, adapter.model,
                                           stage_dir(root, "merged", current, adapter.model))
     scores = {}
     if data.test:
         for name, model in models.items():
-            scores[name] = _timed(t, f"exact_match_{name}", score_exact_match_task, model, data.test,
+            scores[name] = timed(t, f"exact_match_{name}", score_exact_match_task, model, data.test,
                                   cfg.runtime)
     run_id = log_training_run_task(root, cfg, data, results, scores, current, t)
     return TrainSummary(model=current, data=data, config=cfg, run_id=run_id, exact_match=scores, seconds=t)

@@ -12,11 +12,17 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 EXPERIMENT = "slmops"
+_ours: set[str] = set()  # URIs we set: mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI
 
 
 def tracking_uri(root: Path) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the embedded sqlite store under ``root``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+    """The user's ``MLFLOW_TRACKING_URI`` when set, else the embedded sqlite store under ``root``."""
+    user = os.environ.get("MLFLOW_TRACKING_URI")
+    if user and user not in _ours:
+        return user
+    embedded = f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+    _ours.add(embedded)
+    return embedded
 
 
 def setup_tracking(root: Path, experiment: str = EXPERIMENT) -> str:

@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tasks.errors import ConfigError
 
+OnnxPrecision = Literal["int4", "int8", "fp32"]
+GgufType = Literal["f16", "q8_0", "Q4_0", "Q4_K_M"]
+
 
 class StageConfig(BaseModel):
     """Base: a misspelt key is an error, not a silent default."""
@@ -68,6 +71,51 @@ class FinetuneConfig(TrainLoopConfig):
     qlora: bool = Field(False, description="Load the base in 4-bit (needs CUDA and bitsandbytes).")
 
 
+class QuantizeConfig(StageConfig):
+    """Which quantized artifacts to build from the merged model."""
+
+    onnx: list[OnnxPrecision] = Field(["int4", "int8", "fp32"], description="ONNX precisions to build with the "
+                                      "onnxruntime-genai model builder.")
+    int4_block_size: Literal[16, 32, 64, 128, 256] = Field(32, description="Weights per int4 quantization block.")
+    int4_algorithm: Literal["rtn", "k_quant"] = Field("k_quant", description="int4 weight quantization algorithm.")
+    olive_gptq: bool = Field(False, description="Also build an int4 model with Olive: GPTQ calibrated on the "
+                             "train split, then ModelBuilder.")
+    olive_calibration_samples: int = Field(64, gt=0, description="Train rows used to calibrate GPTQ.")
+    gguf: list[GgufType] = Field(default_factory=list, description="GGUF files to build for Ollama / llama.cpp "
+                                 "(needs the llama-cpp-python extra).")
+    served: str = Field("onnx-int4", description="Artifact that is registered as the served model.")
+
+
+class EvalConfig(StageConfig):
+    """What evaluation measures and on how much data."""
+
+    max_new_tokens: int = Field(24, gt=0, description="Answer length budget when scoring exact match.")
+    limit: int | None = Field(None, gt=0, description="Score only the first N test rows (default: all).")
+    heldout_text: str | None = Field(None, description="Plain-text file (one passage per line) for held-out "
+                                     "perplexity; default: the validation split rendered with the chat template.")
+    latency_requests: int = Field(8, gt=0, description="Timed generation requests per artifact.")
+    latency_new_tokens: int = Field(32, gt=1, description="Tokens generated per timed request.")
+    threads: int | None = Field(None, ge=1, description="Threads for onnxruntime/llama.cpp (default: all cores).")
+
+
+class GateConfig(StageConfig):
+    """When a candidate may be registered and given an alias."""
+
+    min: dict[str, float] = Field(default_factory=lambda: {"exact_match": 0.2},
+                                  description="Floors per metric of the served artifact, e.g. exact_match: 0.5.")
+    max: dict[str, float] = Field(default_factory=dict,
+                                  description="Ceilings per metric of the served artifact, e.g. perplexity: 3.")
+    max_degradation: dict[str, float] = Field(
+        default_factory=lambda: {"perplexity_increase": 0.10, "exact_match_drop": 0.10},
+        description="Largest allowed loss of the served artifact versus its fp32 parent "
+        "(perplexity_increase is relative, exact_match_drop absolute).")
+    vs_champion: list[str] = Field(["exact_match"], description="Metrics on which the candidate must not be worse "
+                                   "than the champion (re-scored on the same data in this run).")
+    champion_tolerance: float = Field(0.02, ge=0, description="How much worse than the champion is still a pass "
+                                      "(absolute for exact_match, relative for the others).")
+    auto_promote: bool = Field(True, description="On pass, also set the champion alias (else only challenger).")
+
+
 class RuntimeConfig(StageConfig):
     """How the pipeline uses this machine."""
 
@@ -77,13 +125,16 @@ class RuntimeConfig(StageConfig):
 
 
 class PipelineConfig(StageConfig):
-    """The whole train pipeline: data → distill → LoRA → merge."""
+    """The whole pipeline: data → distill → LoRA → merge → quantize → evaluate → gate → register."""
 
     name: str = Field("demo-slm", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                       description="Registered model name and MLflow run-name prefix.")
     data: DataConfig
     distill: DistillConfig
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")

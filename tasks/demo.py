@@ -51,11 +51,12 @@ class DemoSpec(BaseModel, extra="forbid"):
     seed: int = 0
     vocab_size: int = 400
     other_vocab_size: int = 320
-    teacher: ModelShape = Field(default_factory=ModelShape)
+    teacher: ModelShape = Field(default_factory=lambda: ModelShape(
+        architecture="llama", hidden_size=256, layers=2, heads=4, kv_heads=2, intermediate_size=768))
     student: ModelShape = Field(default_factory=lambda: ModelShape(
         architecture="qwen2", hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=192))
     teacher_training: TrainLoopConfig = Field(default_factory=lambda: TrainLoopConfig(
-        steps=700, batch_size=32, learning_rate=3e-3, warmup_steps=30, eval_every=100))
+        steps=1000, batch_size=32, learning_rate=3e-3, warmup_steps=30, eval_every=100))
     max_length: int = 96
 
     def key(self) -> str:
@@ -71,7 +72,8 @@ def make_dataset(out: Path, seed: int) -> dict[str, Path]:
     paths = {}
     for split, rows in make_examples(seed).items():
         paths[split] = out / f"{split}.jsonl"
-        paths[split].write_text("".join(json.dumps(as_chat(p, a)) + "\n" for _, p, a in rows))
+        paths[split].write_text("".join(json.dumps(as_chat(p, a, system=i % 10 == 0)) + "\n"
+                                        for i, (_, p, a) in enumerate(rows)))
     return paths
 
 

@@ -73,7 +73,7 @@ def make_examples(seed: int) -> dict[str, list[tuple[str, str, str]]]:
     return splits
 
 
-def as_chat(prompt: str, answer: str) -> dict[str, list[dict[str, str]]]:
-    """One chat-format JSONL row."""
-    return {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt},
-                         {"role": "assistant", "content": answer}]}
+def as_chat(prompt: str, answer: str, system: bool = False) -> dict[str, list[dict[str, str]]]:
+    """One chat-format JSONL row (a system turn only where asked: it costs tokens on every step)."""
+    turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    return {"messages": ([{"role": "system", "content": SYSTEM}] if system else []) + turns}

@@ -1,0 +1,76 @@
+"""slm_pipeline end to end on tiny demo models: register on pass; a failed gate changes no alias."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from registry.history import aliases, history
+from registry.tracking import tracking_uri
+from tasks.config import load_config
+
+
+def _config(tiny_assets: Path, tmp_path: Path, name: str, **sections) -> Path:
+    d = tiny_assets / "data"
+    raw = {
+        "name": name,
+        "data": {"train": str(d / "train.jsonl"), "validation": str(d / "validation.jsonl"),
+                 "test": str(d / "test.jsonl"), "max_length": 96},
+        "distill": {"teacher": str(tiny_assets / "teacher"), "student": str(tiny_assets / "student-qwen2"),
+                    "steps": 30, "batch_size": 16, "eval_every": 15, "learning_rate": 5e-3},
+        "finetune": {"r": 4, "alpha": 8, "steps": 10, "batch_size": 16, "eval_every": 5},
+        "quantize": {"onnx": ["int4", "fp32"], "int4_block_size": 16},
+        "evaluate": {"limit": 16, "latency_requests": 2, "latency_new_tokens": 8, "max_new_tokens": 12},
+        "gate": {"min": {}, "max_degradation": {"perplexity_increase": 0.10}, "vs_champion": ["perplexity"],
+                 "champion_tolerance": 0.0},
+    }
+    for section, values in sections.items():
+        raw[section] = raw.get(section, {}) | values
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def client(home: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri(home))
+
+
+def test_pipeline_registers_then_worse_candidate_fails_gate(prefect_harness, tiny_assets: Path, tmp_path: Path,
+                                                             client: MlflowClient) -> None:
+    from flows.pipeline import slm_pipeline
+
+    # given a first run that passes: version 1 becomes challenger and champion
+    good = slm_pipeline(load_config(_config(tiny_assets, tmp_path, "tiny-gated")))
+    assert good.decision.passed and good.registered.version == "1"
+    assert aliases(client, "tiny-gated") == {"challenger": "1", "champion": "1"}
+    version = client.get_model_version("tiny-gated", "1")
+    assert version.tags["slmops.dataset_digest"] == good.train.data.digest
+    assert version.tags["slmops.parent_version"] == "none"
+    assert {"slmops.git_commit", "slmops.teacher", "slmops.base_model", "slmops.config_digest"} <= set(version.tags)
+    assert float(version.tags["metric.perplexity"]) == pytest.approx(good.report.metrics("onnx-int4")["perplexity"],
+                                                                     rel=1e-4)
+    assert "## Gate: PASSED" in version.description and "## Quantization" in version.description
+    served = {a.path for a in client.list_artifacts(good.train.run_id, "served")}
+    assert "served/genai_config.json" in served
+    # int4 stays within the configured perplexity degradation of its fp32 parent
+    assert good.report.metrics("onnx-int4")["perplexity_increase"] <= 0.10
+
+    # when a much worse candidate (no distillation, one LoRA step) runs against that champion
+    worse = slm_pipeline(load_config(_config(tiny_assets, tmp_path, "tiny-gated", distill={"enabled": False},
+                                             finetune={"steps": 1})), return_state=True)
+    # then the flow ends GateFailed with the reason, the champion was re-scored on the same data in this run,
+    # and no alias moved
+    assert worse.is_failed() and worse.name == "GateFailed"
+    assert "vs_champion <= perplexity" in worse.message
+    assert aliases(client, "tiny-gated") == {"challenger": "1", "champion": "1"}
+    assert [e["version"] for e in history(client, "tiny-gated")] == ["1", "1"]
+    runs = client.search_runs([client.get_experiment_by_name("slmops").experiment_id],
+                              "tags.`slmops.gate` = 'failed'")
+    assert runs, "the failed decision is recorded on its run"
+    champion_ppl = runs[0].data.metrics["champion/perplexity"]
+    assert champion_ppl == pytest.approx(good.report.metrics("onnx-int4")["perplexity"], rel=1e-6)
+    assert runs[0].data.metrics["onnx-int4/perplexity"] > champion_ppl
