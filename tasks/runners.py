@@ -71,7 +71,10 @@ class HfRunner:
         start = time.perf_counter()
         out = self.model.generate(ids, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, **kw)
         total = time.perf_counter() - start
-        return Generation(out[0, len(prompt):].tolist(), ttft, total)
+        tokens = out[0, len(prompt):].tolist()
+        if tokens and tokens[-1] == self.tokenizer.eos_token_id:
+            tokens = tokens[:-1]
+        return Generation(tokens, ttft, total)
 
 
 class OnnxRunner:
