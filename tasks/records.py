@@ -62,3 +62,17 @@ class TrainResult(BaseModel):
     val_losses: list[tuple[int, float]] = Field(default_factory=list, description="(step, validation loss).")
     seconds: float = 0.0
     trainable_parameters: int = 0
+
+
+class ModelRelease(BaseModel):
+    """A registered model version resolved to local files, ready for a deployment target."""
+
+    name: str
+    version: str
+    onnx_dir: str = Field(description="onnxruntime-genai folder (the served artifact).")
+    gguf: dict[str, str] = Field(default_factory=dict, description="GGUF type → file, where built.")
+
+    @property
+    def ref(self) -> str:
+        """``name/version``."""
+        return f"{self.name}/{self.version}"

@@ -53,3 +53,26 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny teacher as an onnxruntime-genai int4 folder (what the pipeline serves)."""
+    from tasks.config import QuantizeConfig
+    from tasks.inputs import describe_model
+    from tasks.quantize import build_onnx
+
+    out = tmp_path_factory.mktemp("served") / "onnx-int4"
+    build_onnx(describe_model(str(tiny_assets / "teacher")), "int4", QuantizeConfig(int4_block_size=16), out)
+    return out
+
+
+@pytest.fixture
+def ollama_server(tmp_path: Path):
+    """A server speaking Ollama's REST API on 127.0.0.1, generating with llama.cpp (see tests/fixtures)."""
+    if not os.environ.get("CI"):  # CI installs the gguf extra: there a missing llama_cpp must fail
+        pytest.importorskip("llama_cpp")
+    from tests.fixtures.ollama_server import OllamaServer
+
+    with OllamaServer(tmp_path / "ollama") as server:
+        yield server

@@ -1,0 +1,27 @@
+"""``deploy_model``: resolve a model reference through the registry and deploy it to a target."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+
+from infra.targets import DeployConfig, Deployment, make_target
+from registry.resolve import resolve_release_task
+from tasks.records import ModelRelease
+from tasks.settings import get_settings
+
+
+def deploy_release(release: ModelRelease, target: DeployConfig) -> Deployment:
+    """Deploy a resolved release; returns only once the target serves it and the golden prompt passed."""
+    return make_target(target, get_settings().root).deploy(release)
+
+
+deploy_release_task = task(deploy_release, name="deploy")
+
+
+@flow(name="deploy_model")
+def deploy_model(model_ref: str, target: DeployConfig) -> Deployment:
+    """Deploy ``name@alias`` or ``name/version`` to ``target`` (local, foundry or ollama)."""
+    release = resolve_release_task(get_settings().root, model_ref)
+    deployment = deploy_release_task(release, target)
+    get_run_logger().info("%s version %s serves at %s", release.name, release.version, deployment.endpoint)
+    return deployment
