@@ -13,6 +13,7 @@ from prefect import task
 from pydantic import BaseModel
 
 from registry.card import model_card
+from registry.errors import RegistryError
 from registry.history import aliases, move_alias, require_model
 from registry.tracking import setup_tracking
 from tasks.config import PipelineConfig
@@ -86,7 +87,7 @@ def register_version(root: Path, run_id: str, config: PipelineConfig, data: Prep
     name = config.name
     try:
         require_model(client, name)
-    except Exception:
+    except RegistryError:
         client.create_registered_model(name, description=f"Small language model trained by slmops ({name}).")
     served = next(a for a in artifacts if a.name == config.quantize.served)
     client.log_artifacts(run_id, served.path, "served")
@@ -116,7 +117,7 @@ def current_aliases(root: Path, name: str) -> dict[str, str]:
     client = MlflowClient()
     try:
         return aliases(client, name)
-    except Exception:
+    except RegistryError:
         return {}
 
 

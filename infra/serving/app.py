@@ -97,11 +97,13 @@ def create_app(engine: Engine, model_name: str, version: str = "", api_key: str 
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         max_tokens = body.max_tokens or min(default_max_tokens, max(engine.context_length - len(prompt_ids), 1))
+        if body.min_tokens > max_tokens:
+            raise ApiError(400, f"min_tokens {body.min_tokens} exceeds max_tokens {max_tokens}")
         if len(prompt_ids) + max_tokens > engine.context_length:
             raise ApiError(400, f"prompt of {len(prompt_ids)} tokens plus max_tokens {max_tokens} exceeds the "
                            f"context window of {engine.context_length} tokens")
-        return GenRequest(prompt_ids, max_tokens, Sampling(float(body.temperature), float(body.top_p), body.seed),
-                          stops, emit=lambda *_: None)
+        sampling = Sampling(float(body.temperature), float(body.top_p), body.seed, body.min_tokens)
+        return GenRequest(prompt_ids, max_tokens, sampling, stops, emit=lambda *_: None)
 
     async def run(request: GenRequest) -> AsyncIterator[tuple[str, dict]]:
         loop = asyncio.get_running_loop()

@@ -29,10 +29,11 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    min_tokens: int = 0
 
     def key(self) -> tuple:
         """Requests with equal keys may share a batch."""
-        return (self.temperature, self.top_p, self.seed)
+        return (self.temperature, self.top_p, self.seed, self.min_tokens)
 
 
 @dataclass
@@ -137,6 +138,8 @@ class Engine:
         sampling = group[0].sampling
         params = og.GeneratorParams(self.model)
         options = dict(max_length=width + budget, batch_size=len(group), do_sample=sampling.temperature > 0)
+        if sampling.min_tokens:
+            options["min_length"] = width + sampling.min_tokens
         if sampling.temperature > 0:
             options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         if sampling.seed is not None:

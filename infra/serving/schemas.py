@@ -13,6 +13,8 @@ class _Body(BaseModel):
 
     model: StrictStr | None = Field(None, description="Served model name (see GET /v1/models).")
     max_tokens: StrictInt | None = Field(None, ge=1, description="Tokens to generate at most.")
+    min_tokens: StrictInt = Field(0, ge=0, description="Tokens to generate before end-of-sequence is allowed "
+                                  "(extension, as in vLLM).")
     temperature: StrictFloat | StrictInt = Field(0.0, ge=0, le=2, description="0 is greedy.")
     top_p: StrictFloat | StrictInt = Field(1.0, gt=0, le=1)
     stop: StrictStr | list[StrictStr] | None = Field(None, description="Stop sequence(s), up to 4.")

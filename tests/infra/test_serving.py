@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +97,7 @@ def test_sagemaker_ping_and_invocations(server: str) -> None:
     (chat_body(n=2), "n: Input should be less than or equal to 1"),
     (chat_body(stop=["a", "b", "c", "d", "e"]), "stop: at most 4 non-empty sequences"),
     (chat_body(max_tokens=100000), "exceeds the context window of 128 tokens"),
+    (chat_body(max_tokens=4, min_tokens=8), "min_tokens 8 exceeds max_tokens 4"),
     (chat_body(messages=[{"role": "user", "content": "a " * 400}]), "exceeds the context window of 128 tokens"),
 ])
 def test_bad_payloads_get_400_with_a_message(server: str, body, expected: str) -> None:
@@ -122,18 +124,40 @@ def test_16_clients_by_50_requests_without_errors(server: str) -> None:
     assert float(batches[0].split()[-1]) > float(count[0].split()[-1]), "concurrent requests were batched"
 
 
-def test_queue_full_answers_503_with_retry_after(tiny_onnx: Path, tmp_path: Path) -> None:
-    url, pid = start_server(tiny_onnx, tmp_path / "s.log", "--max-queue", "1", "--max-batch-size", "1")
-    try:
-        def call(_: int) -> httpx.Response:
-            return httpx.post(f"{url}/v1/chat/completions", json=chat_body(max_tokens=100), timeout=120)
+@pytest.fixture(scope="module")
+def slow_onnx(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wider random model with a 1024-token window: a request can keep the engine busy for a while."""
+    from tasks.config import QuantizeConfig
+    from tasks.demo import ModelShape, make_model
+    from tasks.inputs import describe_model
+    from tasks.quantize import build_onnx
 
-        with cf.ThreadPoolExecutor(12) as pool:
-            responses = list(pool.map(call, range(12)))
+    folder = tmp_path_factory.mktemp("slow")
+    shape = ModelShape(hidden_size=256, layers=4, heads=4, kv_heads=2, intermediate_size=1024, max_positions=1024)
+    make_model(shape, tiny_assets / "tokenizer", folder / "hf", seed=0)
+    return build_onnx(describe_model(str(folder / "hf")), "int4", QuantizeConfig(), folder / "onnx").path
+
+
+def test_queue_full_answers_503_with_retry_after(slow_onnx: str, tmp_path: Path) -> None:
+    url, pid = start_server(Path(slow_onnx), tmp_path / "s.log", "--max-queue", "1", "--max-batch-size", "1")
+    try:
+        clients = 8
+        start = threading.Barrier(clients)
+
+        def call(_: int) -> httpx.Response:
+            with httpx.Client(timeout=120) as http:
+                http.get(f"{url}/ping")  # connect first, so all requests arrive together after the barrier
+                start.wait(timeout=60)
+                # min_tokens keeps every request decoding 800 tokens, so the one-slot queue must overflow
+                return http.post(f"{url}/v1/chat/completions", json=chat_body(max_tokens=800, min_tokens=800))
+
+        with cf.ThreadPoolExecutor(clients) as pool:
+            responses = list(pool.map(call, range(clients)))
         busy = [r for r in responses if r.status_code == 503]
         assert busy and all(r.headers["Retry-After"] == "1" for r in busy)
         assert "queue is full" in busy[0].json()["error"]["message"]
-        assert any(r.status_code == 200 for r in responses)
+        served = [r for r in responses if r.status_code == 200]
+        assert served and all(r.json()["usage"]["completion_tokens"] == 800 for r in served)
     finally:
         process.stop(pid)
 
