@@ -46,6 +46,44 @@ class Target(Protocol):
         """Stop serving and forget the deployment."""
 
 
+class RecordedTarget:
+    """What every target shares: its record store, rollback to the previous release, and undeploy."""
+
+    kind = ""
+
+    def __init__(self, cfg: Any, root: Path):
+        self.cfg, self.root = cfg, Path(root)
+        self.store = DeploymentStore(root, self.kind)
+
+    def deploy(self, release: ModelRelease) -> Deployment:  # pragma: no cover - each target implements it
+        raise NotImplementedError
+
+    def _teardown(self, record: Deployment) -> None:  # pragma: no cover - each target implements it
+        raise NotImplementedError
+
+    def record(self, name: str | None) -> Deployment:
+        """The record of ``name`` (default: the configured name), or a DeployError listing what is deployed."""
+        name = name or self.cfg.name or ""
+        record = self.store.load(name)
+        if record is None:
+            known = [d.name for d in self.store.all()]
+            raise DeployError(f"no {self.kind} deployment {name!r}; deployed: {known or 'none'}")
+        return record
+
+    def rollback(self, name: str | None = None) -> Deployment:
+        """Serve the previous release again (through a normal, fully checked deploy)."""
+        record = self.record(name)
+        if record.previous is None:
+            raise DeployError(f"{self.kind} deployment {record.name!r} has no previous version to roll back to")
+        return self.deploy(record.previous)
+
+    def undeploy(self, name: str | None = None) -> None:
+        """Stop serving ``name`` and forget its record."""
+        record = self.record(name)
+        self._teardown(record)
+        self.store.delete(record.name)
+
+
 class DeploymentStore:
     """JSON records under ``<home>/deployments/<target>/<name>.json``, written atomically."""
 

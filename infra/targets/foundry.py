@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from infra.targets.base import DeployError, Deployment, DeploymentStore, check_answer, now
+from infra.targets.base import DeployError, Deployment, RecordedTarget, check_answer, now
 from infra.targets.config import FoundryTargetConfig
 from tasks.records import ModelRelease
 
@@ -47,13 +47,14 @@ def write_layout(release: ModelRelease, cache_dir: Path) -> tuple[Path, str]:
     return folder, model_id
 
 
-class FoundryTarget:
+class FoundryTarget(RecordedTarget):
     """Deploy into a Foundry Local cache on this machine."""
 
+    kind = "foundry"
+
     def __init__(self, cfg: FoundryTargetConfig, root: Path):
-        self.cfg, self.root = cfg, Path(root)
+        super().__init__(cfg, root)
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.root / "foundry" / "cache"
-        self.store = DeploymentStore(root, "foundry")
 
     def manager(self) -> Any:
         """The process's FoundryLocalManager (a singleton), configured for this cache."""
@@ -131,19 +132,6 @@ class FoundryTarget:
             record.details["registered"] = self.catalog().get_model_variant(record.details["model_id"]) is not None
         return record
 
-    def rollback(self, name: str | None = None) -> Deployment:
-        """Deploy the previous release again."""
-        record = self.store.load(name or self.cfg.name or "")
-        if record is None or record.previous is None:
-            raise DeployError(f"foundry deployment {name!r} has no previous version to roll back to")
-        return self.deploy(record.previous)
-
-    def undeploy(self, name: str | None = None) -> None:
+    def _teardown(self, record: Deployment) -> None:
         """Unload, unregister and delete the layout."""
-        name = name or self.cfg.name or ""
-        record = self.store.load(name)
-        if record is None:
-            known = [d.name for d in self.store.all()]
-            raise DeployError(f"no foundry deployment {name!r}; deployed: {known or 'none'}")
         self._forget(record.details["model_id"], Path(record.details["folder"]))
-        self.store.delete(name)

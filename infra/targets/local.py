@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from infra import process
-from infra.targets.base import DeployError, Deployment, DeploymentStore, check_answer, now
+from infra.targets.base import DeployError, Deployment, RecordedTarget, check_answer, now
 from infra.targets.config import LocalTargetConfig
 from tasks.errors import SlmopsError
 from tasks.records import ModelRelease
@@ -24,12 +24,13 @@ from tasks.records import ModelRelease
 log = logging.getLogger(__name__)
 
 
-class LocalTarget:
+class LocalTarget(RecordedTarget):
     """Deploy to this machine (127.0.0.1)."""
 
+    kind = "local"
+
     def __init__(self, cfg: LocalTargetConfig, root: Path):
-        self.cfg, self.root = cfg, Path(root)
-        self.store = DeploymentStore(root, "local")
+        super().__init__(cfg, root)
 
     def _headers(self) -> dict[str, str]:
         key = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
@@ -138,20 +139,7 @@ class LocalTarget:
         record.details["healthy"] = ok and process.alive(record.details["backend"]["pid"])
         return record
 
-    def rollback(self, name: str | None = None) -> Deployment:
-        """Serve the previous release again (blue/green as any deploy)."""
-        record = self.store.load(name or self.cfg.name or "")
-        if record is None or record.previous is None:
-            raise DeployError(f"local deployment {name!r} has no previous version to roll back to")
-        return self.deploy(record.previous)
-
-    def undeploy(self, name: str | None = None) -> None:
-        """Stop the backend and the proxy of ``name`` and forget it."""
-        name = name or self.cfg.name or ""
-        record = self.store.load(name)
-        if record is None:
-            known = [d.name for d in self.store.all()]
-            raise DeployError(f"no local deployment {name!r}; deployed: {known or 'none'}")
+    def _teardown(self, record: Deployment) -> None:
+        """Stop the backend and the proxy (by their recorded PIDs)."""
         for part in ("backend", "proxy"):
             process.stop(record.details[part]["pid"])
-        self.store.delete(name)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from infra.targets.base import DeployError, Deployment, DeploymentStore, check_answer, now
+from infra.targets.base import DeployError, Deployment, RecordedTarget, check_answer, now
 from infra.targets.config import OllamaTargetConfig
 from tasks.records import ModelRelease, digest_file
 
@@ -48,12 +48,13 @@ def modelfile(gguf_name: str, template: str, parameters: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-class OllamaTarget:
+class OllamaTarget(RecordedTarget):
     """Deploy to an Ollama server through its REST API."""
 
+    kind = "ollama"
+
     def __init__(self, cfg: OllamaTargetConfig, root: Path):
-        self.cfg, self.root = cfg, Path(root)
-        self.store = DeploymentStore(root, "ollama")
+        super().__init__(cfg, root)
         self.http = httpx.Client(base_url=cfg.host.rstrip("/"), timeout=httpx.Timeout(300.0, connect=10.0))
 
     def _call(self, method: str, path: str, **kw) -> httpx.Response:
@@ -127,19 +128,6 @@ class OllamaTarget:
                 record.details["present"] = False
         return record
 
-    def rollback(self, name: str | None = None) -> Deployment:
-        """Deploy the previous release again."""
-        record = self.store.load(name or self.cfg.name or "")
-        if record is None or record.previous is None:
-            raise DeployError(f"ollama deployment {name!r} has no previous version to roll back to")
-        return self.deploy(record.previous)
-
-    def undeploy(self, name: str | None = None) -> None:
-        """Delete the model from Ollama and forget the record."""
-        name = name or self.cfg.name or ""
-        record = self.store.load(name)
-        if record is None:
-            known = [d.name for d in self.store.all()]
-            raise DeployError(f"no ollama deployment {name!r}; deployed: {known or 'none'}")
+    def _teardown(self, record: Deployment) -> None:
+        """Delete the model from Ollama."""
         self._call("DELETE", "/api/delete", json={"model": record.details["model"]})
-        self.store.delete(name)
