@@ -42,7 +42,11 @@ def plot(report: EvalReport, out: Path) -> Path:
               ("decode_tokens_per_s", "decode tokens/s"), ("size_mb", "size on disk (MB)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
     for ax, (key, title) in zip(axes, panels, strict=True):
-        ax.bar(names, [s.metrics[key] for s in report.scores], color="#4c72b0")
+        values = [s.metrics[key] for s in report.scores]
+        bars = ax.bar(names, values, color=["#dd8452" if n == "champion" else "#4c72b0" for n in names])
+        ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=7)
+        if key == "perplexity" and min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_yscale("log")  # a bad candidate next to a good champion spans orders of magnitude
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=45, labelsize=8)
     fig.tight_layout()

@@ -56,6 +56,13 @@ def test_pipeline_registers_then_worse_candidate_fails_gate(prefect_harness, tin
     assert "## Gate: PASSED" in version.description and "## Quantization" in version.description
     served = {a.path for a in client.list_artifacts(good.train.run_id, "served")}
     assert "served/genai_config.json" in served
+    # the evaluation report reached people: a Prefect table artifact and the PNG plot on the MLflow run
+    from prefect.artifacts import Artifact
+
+    table = Artifact.get("evaluation")
+    assert table is not None and table.type == "table" and "onnx-int4" in str(table.data)
+    plots = {a.path for a in client.list_artifacts(good.train.run_id, "evaluation")}
+    assert plots == {"evaluation/evaluation.png"}
     # int4 stays within the configured perplexity degradation of its fp32 parent
     assert good.report.metrics("onnx-int4")["perplexity_increase"] <= 0.10
 
