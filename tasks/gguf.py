@@ -42,9 +42,10 @@ def llama_cpp_tools(root: Path | None = None) -> Path:
     if (folder / "convert_hf_to_gguf.py").is_file():
         return folder
     with tempfile.TemporaryDirectory() as tmp:
+        # --no-binary for this package only: for ':all:' pip would also build cmake & co. from source
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
-                               ":all:", "-d", tmp, f"llama-cpp-python=={version}"], capture_output=True, text=True,
-                              check=False)
+                               "llama-cpp-python", "-d", tmp, f"llama-cpp-python=={version}"], capture_output=True,
+                              text=True, check=False)
         sdists = list(Path(tmp).glob("*.tar.gz"))
         if proc.returncode != 0 or not sdists:
             raise SlmopsError(f"could not fetch the llama-cpp-python {version} sdist for its converter:\n"
