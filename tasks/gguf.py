@@ -32,7 +32,7 @@ def llama_cpp_version() -> str:
         return importlib.metadata.version("llama-cpp-python")
     except importlib.metadata.PackageNotFoundError:
         raise SlmopsError("GGUF needs llama-cpp-python: pip install -e '.[gguf]' "
-                          "(builds llama.cpp from source, ~10 min)") from None
+                          "(builds llama.cpp from source, ~15 min on 2 cores)") from None
 
 
 def llama_cpp_tools(root: Path | None = None) -> Path:
