@@ -6,10 +6,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from tasks.errors import ConfigError, SlmopsError
-from tasks.settings import configure_environment, get_settings
+from flows import commands
+from flows.commands import TARGET_NAMES
+from tasks.errors import SlmopsError
+from tasks.settings import configure_environment
 
 EPILOG = """examples:
   slmops demo                                   # the whole pipeline on the embedded defaults
@@ -33,27 +34,12 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="Override one config value by dotted key, e.g. distill.steps=100 (repeatable).")
 
 
-TARGET_NAMES = ("local", "foundry", "ollama")
 
 
 def _add_target_args(parser: argparse.ArgumentParser, with_name: bool = True) -> None:
     parser.add_argument("--target", required=True, choices=TARGET_NAMES, help="Where to serve.")
     if with_name:
         parser.add_argument("--name", help="Deployment name (default: the model name).")
-
-
-def _target_config(args: argparse.Namespace, **fields: object):
-    from pydantic import TypeAdapter, ValidationError
-
-    from infra.targets import DeployConfig
-    from tasks.config import format_validation_error, parse_overrides
-
-    raw = {"target": args.target, **{k: v for k, v in fields.items() if v is not None}}
-    raw.update(dict(parse_overrides(args.overrides)))
-    try:
-        return TypeAdapter(DeployConfig).validate_python(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, f"--target {args.target} options")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,212 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from tasks.config import load_config
-
-    config = load_config(args.config, args.overrides)  # rejected here, before any training minute
-    from flows.train import train
-
-    summary = train(config)
-    print(f"\nmodel: {summary.model.path}")
-    print(f"MLflow run: {summary.run_id}")
-    for name, score in summary.exact_match.items():
-        print(f"  exact match ({name}): {score:.1%}")
-    print("  seconds: " + ", ".join(f"{k}={v:.1f}" for k, v in summary.seconds.items()))
-    return 0
-
-
-def demo_config_path() -> Path:
-    """configs/demo.yaml of the working directory, else of the source checkout."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        if (base / "configs" / "demo.yaml").is_file():
-            return base / "configs" / "demo.yaml"
-    raise ConfigError("configs/demo.yaml not found; run from the slmops checkout or use slmops run --config")
-
-
-def _run_pipeline(config_path: Path, overrides: list[str], deploy_port: int | None = None) -> int:
-    from tasks.config import load_config
-
-    config = load_config(config_path, overrides)
-    from flows.pipeline import slm_pipeline
-
-    state = slm_pipeline(config, return_state=True)
-    if state.name == "GateFailed":
-        print(f"\n{state.message}", file=sys.stderr)
-        return 3
-    summary = state.result()  # re-raises the flow's error on any other failure
-    served = summary.report.metrics(config.quantize.served)
-    reg = summary.registered
-    print(f"\nregistered {reg.name} version {reg.version} (aliases: {', '.join(reg.aliases)})")
-    print(f"  {config.quantize.served}: exact match {served['exact_match']:.1%}, perplexity "
-          f"{served['perplexity']:.3f} (+{served['perplexity_increase']:.1%} vs fp32), "
-          f"{served['decode_tokens_per_s']:.0f} tokens/s, {served['size_mb']:.2f} MB")
-    print("  seconds: " + ", ".join(f"{k}={v:.1f}" for k, v in summary.seconds.items()))
-    home = get_settings().root
-    if deploy_port is not None and "champion" in reg.aliases:
-        _deploy_and_chat(f"{reg.name}@champion", deploy_port)
-    print("\nopen the UIs:")
-    print(f"  mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}      # http://127.0.0.1:5000")
-    print(f"  PREFECT_HOME={home / 'prefect'} prefect server start           # http://127.0.0.1:4200")
-    return 0
-
-
-def _deploy_and_chat(model_ref: str, port: int) -> None:
-    """Deploy ``model_ref`` on the local target and print one chat completion from it (openai client)."""
-    from openai import OpenAI
-
-    from flows.deploy import deploy_model
-    from infra.process import free_port
-    from infra.targets.base import DeploymentStore
-    from infra.targets.config import LocalTargetConfig
-
-    name = model_ref.split("@")[0]
-    current = DeploymentStore(get_settings().root, "local").load(name)
-    if current is not None:
-        port = current.details["proxy"]["port"]  # blue/green on the existing stable port
-    elif not _port_free(port):
-        port = free_port()
-    deployment = deploy_model(model_ref, LocalTargetConfig(port=port))
-    client = OpenAI(base_url=deployment.endpoint, api_key="not-needed")
-    question = "Reverse: d e c a f"
-    reply = client.chat.completions.create(model=name, messages=[{"role": "user", "content": question}],
-                                           max_tokens=16, temperature=0)
-    print(f"\n{model_ref} (version {deployment.release.version}) serves at {deployment.endpoint}")
-    print(f"  openai client → {question!r}: {reply.choices[0].message.content!r}")
-    print(f"  stop it with: slmops undeploy {name} --target local")
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    return _run_pipeline(Path(args.config), args.overrides)
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    return _run_pipeline(demo_config_path(), [], deploy_port=args.port)
-
-
-def _registry_client():
-    from mlflow.tracking import MlflowClient
-
-    from registry.tracking import setup_tracking
-
-    setup_tracking(get_settings().root)
-    return MlflowClient()
-
-
-def _cmd_deploy(args: argparse.Namespace) -> int:
-    cfg = _target_config(args, name=args.name, port=args.port)
-    from flows.deploy import deploy_model
-
-    deployment = deploy_model(args.model_ref, cfg)
-    print(f"{deployment.release.name} version {deployment.release.version} serves on {deployment.target} at "
-          f"{deployment.endpoint}")
-    if deployment.previous:
-        print(f"  previous version: {deployment.previous.version} (slmops deploy-rollback {deployment.name} "
-              f"--target {deployment.target})")
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    from infra.targets.base import DeploymentStore
-
-    home = get_settings().root
-    rows = [d for t in ([args.target] if args.target else TARGET_NAMES) for d in DeploymentStore(home, t).all()]
-    if not rows:
-        print("nothing deployed")
-    for d in rows:
-        prev = f", previous {d.previous.version}" if d.previous else ""
-        print(f"{d.target:8} {d.name}: version {d.release.version} at {d.endpoint} since {d.since}{prev}")
-    return 0
-
-
-def _cmd_undeploy(args: argparse.Namespace) -> int:
-    from infra.targets import make_target
-
-    make_target(_target_config(args), get_settings().root).undeploy(args.name)
-    print(f"undeployed {args.name} from {args.target}")
-    return 0
-
-
-def _cmd_deploy_rollback(args: argparse.Namespace) -> int:
-    from infra.targets import make_target
-
-    d = make_target(_target_config(args), get_settings().root).rollback(args.name)
-    print(f"{d.name} on {d.target} serves version {d.release.version} again at {d.endpoint}")
-    return 0
-
-
-def _cmd_promote(args: argparse.Namespace) -> int:
-    from registry.history import move_alias
-
-    entry = move_alias(_registry_client(), args.name, args.alias, args.version, reason="slmops promote")
-    print(f"{args.name}@{args.alias}: {entry['previous'] or '(unset)'} → {entry['version']}")
-    return 0
-
-
-def _cmd_rollback(args: argparse.Namespace) -> int:
-    from registry.history import rollback_alias
-
-    entry = rollback_alias(_registry_client(), args.name, args.alias)
-    print(f"{args.name}@{args.alias}: {entry['previous']} → {entry['version']} (rolled back)")
-    return 0
-
-
-def _cmd_models(args: argparse.Namespace) -> int:
-    from registry.history import aliases, history, registered_names, versions
-
-    client = _registry_client()
-    if not args.name:
-        print("\n".join(registered_names(client)) or "no registered models")
-        return 0
-    current = aliases(client, args.name)
-    print(f"{args.name}: versions {', '.join(versions(client, args.name))}")
-    print("aliases: " + (", ".join(f"{a}={v}" for a, v in sorted(current.items())) or "none"))
-    for e in history(client, args.name):
-        print(f"  {e['at']} {e['action']:8} {e['alias']}: {e['previous'] or '-'} → {e['version']}  ({e['reason']})")
-    return 0
-
-
-def _cmd_data_validate(args: argparse.Namespace) -> int:
-    from tasks.data import load_rows
-    from tasks.errors import DatasetError
-
-    failed = 0
-    for uri in args.files:
-        try:
-            rows = load_rows(uri)
-        except DatasetError as exc:
-            failed += 1
-            print(exc, file=sys.stderr)
-        else:
-            print(f"{uri}: {len(rows)} valid rows")
-    return 1 if failed else 0
-
-
-def _cmd_config_check(args: argparse.Namespace) -> int:
-    import yaml
-
-    from tasks.config import load_config
-
-    config = load_config(args.config, args.overrides)
-    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
-    return 0
-
-
-COMMANDS = {"train": _cmd_train, "data": _cmd_data_validate, "config": _cmd_config_check, "run": _cmd_run,
-            "demo": _cmd_demo, "promote": _cmd_promote, "rollback": _cmd_rollback, "models": _cmd_models,
-            "deploy": _cmd_deploy, "status": _cmd_status, "undeploy": _cmd_undeploy,
-            "deploy-rollback": _cmd_deploy_rollback}
+COMMANDS = {"train": commands.cmd_train, "data": commands.cmd_data_validate, "config": commands.cmd_config_check,
+            "run": commands.cmd_run, "demo": commands.cmd_demo, "promote": commands.cmd_promote,
+            "rollback": commands.cmd_rollback, "models": commands.cmd_models, "deploy": commands.cmd_deploy,
+            "status": commands.cmd_status, "undeploy": commands.cmd_undeploy,
+            "deploy-rollback": commands.cmd_deploy_rollback}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
