@@ -9,8 +9,14 @@ from prefect.states import Failed, State
 from pydantic import BaseModel
 
 from flows.train import TrainSummary, timed, train_steps
-from registry.models import RegisteredVersion, fetch_champion_task, record_decision_task, register_version_task
-from tasks.caching import stage_dir
+from registry.models import (
+    RegisteredVersion,
+    fetch_champion_task,
+    git_commit,
+    record_decision_task,
+    register_version_task,
+)
+from tasks.caching import content_key, stage_dir
 from tasks.config import PipelineConfig
 from tasks.errors import ConfigError
 from tasks.evaluate import EvalReport, evaluate_task
@@ -32,9 +38,6 @@ class PipelineSummary(BaseModel):
 
 def lineage(summary: TrainSummary, champion_version: str | None) -> dict[str, str]:
     """Tags that let anyone trace a version back to its inputs."""
-    from registry.models import git_commit
-    from tasks.caching import content_key
-
     cfg = summary.config
     return {"dataset_digest": summary.data.digest, "config_digest": content_key(cfg.model_dump(mode="json")),
             "git_commit": git_commit(), "parent_version": champion_version or "none",
