@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from registry.card import model_card
 from registry.errors import RegistryError
-from registry.history import aliases, move_alias, require_model
+from registry.history import move_alias, require_model
 from registry.tracking import setup_tracking
 from tasks.config import PipelineConfig
 from tasks.evaluate import EvalReport
@@ -109,16 +109,6 @@ def register_version(root: Path, run_id: str, config: PipelineConfig, data: Prep
         move_alias(client, name, "champion", str(mv.version), reason="passed gate (auto-promote)")
         given.append("champion")
     return RegisteredVersion(name=name, version=str(mv.version), run_id=run_id, aliases=given)
-
-
-def current_aliases(root: Path, name: str) -> dict[str, str]:
-    """Alias → version of ``name`` (empty when not registered yet)."""
-    setup_tracking(root)
-    client = MlflowClient()
-    try:
-        return aliases(client, name)
-    except RegistryError:
-        return {}
 
 
 fetch_champion_task = task(fetch_champion, name="fetch-champion", retries=2, retry_delay_seconds=2)

@@ -110,11 +110,11 @@ class GgufRunner:
         self.eos = self.llm.token_eos()
 
     def nll(self, ids: list[int], labels: list[int]) -> tuple[float, int]:
-        from tasks.runners import _nll_from_logits
+        from tasks.runners import nll_from_logits
 
         self.llm.reset()
         self.llm.eval(ids)
-        return _nll_from_logits(self.llm.scores[: len(ids)].copy(), ids, labels)
+        return nll_from_logits(self.llm.scores[: len(ids)].copy(), ids, labels)
 
     def generate(self, prompt: list[int], max_new_tokens: int, min_new_tokens: int = 0) -> Generation:
         import numpy as np

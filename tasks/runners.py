@@ -37,7 +37,8 @@ class Runner(Protocol):
         """Greedy continuation of ``prompt``."""
 
 
-def _nll_from_logits(logits: np.ndarray, ids: list[int], labels: list[int]) -> tuple[float, int]:
+def nll_from_logits(logits: np.ndarray, ids: list[int], labels: list[int]) -> tuple[float, int]:
+    """Summed NLL of the labelled tokens given per-position logits (shared by every runner)."""
     target = np.asarray(labels[1:])
     keep = target != IGNORE_INDEX
     logits = logits[:-1][keep].astype(np.float64)
@@ -59,7 +60,7 @@ class HfRunner:
     @torch.no_grad()
     def nll(self, ids: list[int], labels: list[int]) -> tuple[float, int]:
         logits = self.model(torch.tensor([ids], device=self.device)).logits[0].float().cpu().numpy()
-        return _nll_from_logits(logits, ids, labels)
+        return nll_from_logits(logits, ids, labels)
 
     @torch.no_grad()
     def generate(self, prompt: list[int], max_new_tokens: int, min_new_tokens: int = 0) -> Generation:
@@ -111,7 +112,7 @@ class OnnxRunner:
             elif name == "position_ids":
                 feed[name] = np.arange(arr.shape[1], dtype=np.int64)[None]
         logits = self.session.run(["logits"], feed)[0][0]
-        return _nll_from_logits(logits.astype(np.float32), ids, labels)
+        return nll_from_logits(logits.astype(np.float32), ids, labels)
 
     def generate(self, prompt: list[int], max_new_tokens: int, min_new_tokens: int = 0) -> Generation:
         og = self._og

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -127,8 +126,3 @@ def check_answer(answer: str, expect: str | None, where: str) -> None:
         raise DeployError(f"{where}: golden prompt got an empty answer")
     if expect is not None and expect not in answer:
         raise DeployError(f"{where}: golden prompt answered {answer!r}, expected it to contain {expect!r}")
-
-
-def dump(obj: Any) -> str:
-    """Compact JSON for logs."""
-    return json.dumps(obj, separators=(",", ":"))
