@@ -31,7 +31,7 @@ def make_model(out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from tasks.demo import make_dataset, make_tokenizer
+    from tasks.data.demo import make_dataset, make_tokenizer
     from tasks.modeling import load_tokenizer
 
     if (out / "model" / "config.json").is_file():
@@ -71,10 +71,11 @@ def main() -> None:
     import torch
 
     from tasks.config import QuantizeConfig
+    from tasks.evaluate.runners import HfRunner, OnnxRunner
     from tasks.modeling import load_tokenizer
-    from tasks.quantize import build_onnx, disk_size
+    from tasks.quantize.onnx import build_onnx
+    from tasks.quantize.tools import disk_size
     from tasks.records import ModelDir
-    from tasks.runners import HfRunner, OnnxRunner
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,7 +97,8 @@ def main() -> None:
             build_onnx(model, precision, cfg, folder)
         formats.append((f"ORT GenAI {precision}", OnnxRunner(str(folder), args.threads), folder))
     if importlib.util.find_spec("llama_cpp"):
-        from tasks.gguf import GgufRunner, build_gguf
+        from tasks.evaluate.runners import GgufRunner
+        from tasks.quantize.gguf import build_gguf
 
         wanted = [t for t in ("Q4_0", "q8_0") if not (args.out / "gguf" / f"model-{t}.gguf").is_file()]
         if wanted:

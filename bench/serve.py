@@ -66,9 +66,9 @@ def main() -> None:
 
     from infra import process
     from tasks.config import QuantizeConfig
-    from tasks.quantize import build_onnx
+    from tasks.evaluate.runners import HfRunner, OnnxRunner
+    from tasks.quantize.onnx import build_onnx
     from tasks.records import ModelDir
-    from tasks.runners import HfRunner, OnnxRunner
 
     model_dir = make_model(args.out)
     onnx = args.out / "onnx-int4"

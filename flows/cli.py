@@ -3,29 +3,44 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
-from flows import commands
+from flows import commands, platform_cli
 from flows.commands import TARGET_NAMES
+from flows.console import setup_console_logging
 from tasks.errors import SlmopsError
-from tasks.settings import configure_environment
+from tasks.settings import configure_environment, get_settings
 
 EPILOG = """examples:
   slmops demo                                   # the whole pipeline on the embedded defaults
+  slmops up                                     # Prefect UI + MLflow server + worker; promotion → redeploy
+  slmops platform status
+  slmops down
   slmops run --config configs/demo.yaml --set gate.min.exact_match=0.5
   slmops promote demo-slm 2 --alias champion
   slmops rollback demo-slm --alias champion
   slmops models demo-slm
   slmops deploy demo-slm@champion --target local --port 8080
   slmops status
+  slmops batch demo-slm@champion --input requests.jsonl --output out/batch --set executor.batch_size=16
   slmops undeploy demo-slm --target local
   slmops train --config configs/demo.yaml
   slmops train --config configs/demo.yaml --set distill.steps=50 --set finetune.r=4
   slmops data validate data/train.jsonl
   slmops config check --config configs/demo.yaml --set finetune.alpha=32
 """
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1–65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is a number from 1 to 65535, got {text!r}")
+    return port
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -51,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="Run slm_pipeline on the embedded demo config (making the demo assets if "
                           "absent), deploy the champion locally and chat with it.")
-    demo.add_argument("--port", type=int, default=8080, help="Stable port of the local deployment (default 8080; "
-                      "a free one is used when it is taken).")
+    demo.add_argument("--port", type=port_number, default=8080, help="Stable port of the local deployment "
+                      "(default 8080; a free one is used when it is taken).")
+    demo.add_argument("--config", metavar="FILE", help="Pipeline config to run instead of configs/demo.yaml "
+                      "(e.g. a smaller one for a quick try).")
     run = sub.add_parser("run", help="Run slm_pipeline: train → quantize → evaluate → gate → register.")
     _add_config_args(run)
     train = sub.add_parser("train", help="Run only the train flow: data → distill → LoRA → merge.")
@@ -68,11 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     deploy = sub.add_parser("deploy", help="Deploy NAME@ALIAS or NAME/VERSION to a target (blue/green locally).")
     deploy.add_argument("model_ref", metavar="MODEL_REF", help="e.g. demo-slm@champion or demo-slm/3")
     _add_target_args(deploy)
-    deploy.add_argument("--port", type=int, help="local: stable port (default 8080).")
+    deploy.add_argument("--port", type=port_number, help="local: stable port (default: the deployment's "
+                        "current one, 8080 for a new one); another port moves the deployment there.")
     deploy.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="Target option, e.g. golden_expect='c b a', api_key_env=MY_KEY, host=http://…")
-    status = sub.add_parser("status", help="Show what serves where (every target, or one).")
+    status = sub.add_parser("status", help="Probe what serves where (every target, or one): recorded vs served "
+                            "version, up/down, log; exit 1 when anything recorded is not serving.")
     status.add_argument("--target", choices=TARGET_NAMES, help="Only this target.")
+    status.add_argument("--json", action="store_true", help="Print a JSON list, one object per deployment.")
     undeploy = sub.add_parser("undeploy", help="Stop serving a deployment and forget it.")
     undeploy.add_argument("name", help="Deployment name (the model name unless --name was given).")
     _add_target_args(undeploy, with_name=False)
@@ -81,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("name", help="Deployment name.")
     _add_target_args(back, with_name=False)
     back.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    batch = sub.add_parser("batch", help="Answer every row of a JSONL input with MODEL_REF (resolved when the run "
+                           "starts) into output parts committed atomically; the same command resumes.")
+    batch.add_argument("model_ref", metavar="MODEL_REF", help="e.g. demo-slm@champion or demo-slm/3")
+    batch.add_argument("--input", required=True, metavar="IN", help="JSONL rows {id, messages} or {id, prompt}: "
+                       "local path, s3:// URI or demo:data/test.")
+    batch.add_argument("--output", required=True, metavar="OUT", help="Output folder or s3:// prefix ({date} and "
+                       "{time} are the run's UTC day and HHMM); run again with the same OUT to resume.")
+    batch.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="Batch option by dotted key, e.g. generation.max_new_tokens=32, executor.batch_size=8, "
+                       "drift.fail=null (repeatable).")
     models = sub.add_parser("models", help="List registered models, or one model's versions, aliases, history.")
     models.add_argument("name", nargs="?", help="Registered model name.")
 
@@ -88,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     validate = data_sub.add_parser("validate", help="Check JSONL files without training (exit 0 when valid).")
     validate.add_argument("files", nargs="+", metavar="FILE", help="Local JSONL path or s3:// URI.")
+
+    platform_cli.add_parsers(sub, port_number)
 
     config = sub.add_parser("config", help="Configuration utilities.")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
@@ -100,17 +132,19 @@ COMMANDS = {"train": commands.cmd_train, "data": commands.cmd_data_validate, "co
             "run": commands.cmd_run, "demo": commands.cmd_demo, "promote": commands.cmd_promote,
             "rollback": commands.cmd_rollback, "models": commands.cmd_models, "deploy": commands.cmd_deploy,
             "status": commands.cmd_status, "undeploy": commands.cmd_undeploy,
-            "deploy-rollback": commands.cmd_deploy_rollback}
+            "deploy-rollback": commands.cmd_deploy_rollback, "batch": commands.cmd_batch,
+            "up": platform_cli.cmd_up, "down": platform_cli.cmd_down, "platform": platform_cli.cmd_platform}
+PLATFORM_COMMANDS = {"up", "down", "platform"}  # these manage the platform, the others use it when it is up
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``slmops`` console script."""
     args = build_parser().parse_args(argv)
-    configure_environment()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "alembic", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if args.command not in PLATFORM_COMMANDS:
+            platform_cli.use_platform(get_settings().root)
+        configure_environment()
+        setup_console_logging()
         return COMMANDS[args.command](args)
     except SlmopsError as exc:
         print(f"error: {exc}", file=sys.stderr)

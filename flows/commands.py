@@ -62,7 +62,11 @@ def _run_pipeline(config_path: Path, overrides: list[str], deploy_port: int | No
     summary = state.result()  # re-raises the flow's error on any other failure
     served = summary.report.metrics(config.quantize.served)
     reg = summary.registered
-    print(f"\nregistered {reg.name} version {reg.version} (aliases: {', '.join(reg.aliases)})")
+    if reg.reused:
+        print(f"\n{reg.name} version {reg.version} already holds this exact model: reused, nothing new registered "
+              f"(aliases: {', '.join(reg.aliases)})")
+    else:
+        print(f"\nregistered {reg.name} version {reg.version} (aliases: {', '.join(reg.aliases)})")
     print(f"  {config.quantize.served}: exact match {served['exact_match']:.1%}, perplexity "
           f"{served['perplexity']:.3f} (+{served['perplexity_increase']:.1%} vs fp32), "
           f"{served['decode_tokens_per_s']:.0f} tokens/s, {served['size_mb']:.2f} MB")
@@ -81,15 +85,14 @@ def _deploy_and_chat(model_ref: str, port: int) -> None:
     from openai import OpenAI
 
     from flows.deploy import deploy_model
-    from infra.process import free_port
-    from infra.targets.base import DeploymentStore
+    from infra.process import free_port, port_free
     from infra.targets.config import LocalTargetConfig
+    from infra.targets.store import DeploymentStore
 
     name = model_ref.split("@")[0]
-    current = DeploymentStore(get_settings().root, "local").load(name)
-    if current is not None:
-        port = current.details["proxy"]["port"]  # blue/green on the existing stable port
-    elif not _port_free(port):
+    if DeploymentStore(get_settings().root, "local").load(name) is not None:
+        port = None  # blue/green on the deployment's current stable port
+    elif not port_free(port):
         port = free_port()
     deployment = deploy_model(model_ref, LocalTargetConfig(port=port))
     client = OpenAI(base_url=deployment.endpoint, api_key="not-needed")
@@ -101,32 +104,18 @@ def _deploy_and_chat(model_ref: str, port: int) -> None:
     print(f"  stop it with: slmops undeploy {name} --target local")
 
 
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     return _run_pipeline(Path(args.config), args.overrides)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return _run_pipeline(demo_config_path(), [], deploy_port=args.port)
+    return _run_pipeline(Path(args.config) if args.config else demo_config_path(), [], deploy_port=args.port)
 
 
 def _registry_client():
-    from mlflow.tracking import MlflowClient
+    from registry.tracking import registry_client
 
-    from registry.tracking import setup_tracking
-
-    setup_tracking(get_settings().root)
-    return MlflowClient()
+    return registry_client(get_settings().root)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -143,16 +132,25 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from infra.targets.base import DeploymentStore
+    """Probe every recorded deployment; exit 1 when any of them does not serve its recorded version."""
+    import json
 
-    home = get_settings().root
-    rows = [d for t in ([args.target] if args.target else TARGET_NAMES) for d in DeploymentStore(home, t).all()]
-    if not rows:
+    from infra.targets import TARGETS, probe_all
+
+    rows = probe_all(get_settings().root, (args.target,) if args.target else TARGETS)
+    if args.json:
+        print(json.dumps([row.model_dump(mode="json") for row in rows], indent=2))
+    elif not rows:
         print("nothing deployed")
-    for d in rows:
-        prev = f", previous {d.previous.version}" if d.previous else ""
-        print(f"{d.target:8} {d.name}: version {d.release.version} at {d.endpoint} since {d.since}{prev}")
-    return 0
+    else:
+        print(f"{'TARGET':8} {'NAME':20} {'STATE':5} {'RECORDED':8} {'SERVED':8} {'ENDPOINT':36} SINCE")
+        for row in rows:
+            print(f"{row.target:8} {row.name:20} {row.state:5} {row.recorded_version:8} "
+                  f"{row.served_version or '-':8} {row.endpoint:36} {row.since}")
+            for label, value in (("problem", row.problem), ("previous", row.previous_version), ("log", row.log)):
+                if value:
+                    print(f"{'':8} {label}: {value}")
+    return 0 if all(row.state == "up" for row in rows) else 1
 
 
 def cmd_undeploy(args: argparse.Namespace) -> int:
@@ -202,8 +200,33 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from tasks.batch.config import batch_config
+
+    config = batch_config(args.overrides)  # rejected here, before any work
+    from flows.batch import batch_transform
+
+    result = batch_transform(args.model_ref, args.input, args.output, config)
+    r = result.report
+    if result.already_complete:
+        print(f"{r.output_uri} is complete already ({r.records} records by {r.model_name} version "
+              f"{r.model_version}): nothing to do")
+        return 0
+    t, c = r.timings, r.checks
+    print(f"{r.model_ref} → {r.model_name} version {r.model_version}: {r.records} records in {len(r.parts)} parts "
+          f"under {r.output_uri}")
+    print(f"  generated now: {t['records_generated']} records ({t['records_per_s'] or '-'} records/s); parts kept "
+          f"from an earlier attempt: {t['parts_resumed']}")
+    print(f"  errors: {r.errors} ({r.errors_file}); empty answers: {c.empty}; cut by the length limit: {c.truncated}")
+    if r.drift:
+        worst = r.drift.worst()
+        print(f"  drift: {r.drift.status} (largest PSI {worst.psi:.3g} on {worst.feature})")
+    print(f"  manifest: {result.manifest}; MLflow run {r.mlflow_run_id}")
+    return 0
+
+
 def cmd_data_validate(args: argparse.Namespace) -> int:
-    from tasks.data import load_rows
+    from tasks.data.prepare import load_rows
     from tasks.errors import DatasetError
 
     failed = 0

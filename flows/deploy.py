@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow, get_run_logger, task
+from pydantic import Field
 
 from infra.targets import DeployConfig, Deployment, make_target
 from registry.resolve import resolve_release_task
@@ -19,7 +22,10 @@ deploy_release_task = task(deploy_release, name="deploy")
 
 
 @flow(name="deploy_model")
-def deploy_model(model_ref: str, target: DeployConfig) -> Deployment:
+def deploy_model(model_ref: Annotated[str, Field(description="NAME@ALIAS (demo-slm@champion) or NAME/VERSION "
+                                                    "(demo-slm/3), resolved through the registry when the run "
+                                                    "starts.")],
+                 target: DeployConfig) -> Deployment:
     """Deploy ``name@alias`` or ``name/version`` to ``target`` (local, foundry or ollama)."""
     release = resolve_release_task(get_settings().root, model_ref)
     deployment = deploy_release_task(release, target)

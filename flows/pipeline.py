@@ -16,13 +16,14 @@ from registry.models import (
     record_decision_task,
     register_version_task,
 )
+from tasks.batch.profile import profile_training_prompts_task
 from tasks.caching import content_key, stage_dir
 from tasks.config import PipelineConfig
 from tasks.errors import ConfigError
-from tasks.evaluate import EvalReport, evaluate_task
-from tasks.gate import GateDecision, decide_task
-from tasks.quantize import quantize_task
-from tasks.report import publish_report_task
+from tasks.evaluate.gate import GateDecision, decide_task
+from tasks.evaluate.report import publish_report_task
+from tasks.evaluate.score import EvalReport, evaluate_task
+from tasks.quantize.build import quantize_task
 from tasks.settings import get_settings
 
 
@@ -58,7 +59,8 @@ def pipeline_steps(config: PipelineConfig, root: Path) -> PipelineSummary:
     trained = train_steps(config, root)
     t = dict(trained.seconds)
     out = stage_dir(root, "quantized", trained.model, config.quantize)
-    artifacts = timed(t, "quantize", quantize_task, trained.model, config.quantize, trained.data.train, out)
+    artifacts = timed(t, "quantize", quantize_task, trained.model, config.quantize, trained.data.train,
+                      config.data.max_length, out)
     champion = fetch_champion_task(root, config.name)
     report = timed(t, "evaluate", evaluate_task, trained.model, artifacts, trained.data, config.evaluate,
                    config.data.max_length, champion.artifact if champion else None)
@@ -67,9 +69,10 @@ def pipeline_steps(config: PipelineConfig, root: Path) -> PipelineSummary:
     record_decision_task(trained.run_id, report, decision, png)
     registered = None
     if decision.passed:
+        profile = profile_training_prompts_task(trained.model.path, trained.data.train)
         registered = timed(t, "register", register_version_task, root, trained.run_id, trained.config,
                            trained.data, trained.model, artifacts, report, decision,
-                           lineage(trained, champion.version if champion else None))
+                           lineage(trained, champion.version if champion else None), profile)
     return PipelineSummary(train=trained, report=report, decision=decision, registered=registered, seconds=t)
 
 
@@ -82,6 +85,7 @@ def slm_pipeline(config: PipelineConfig) -> PipelineSummary | State:
         logger.info("gate %s", reason)
     if not summary.decision.passed:
         return gate_failed(summary.decision)
-    logger.info("registered %s version %s with aliases %s", summary.registered.name, summary.registered.version,
-                summary.registered.aliases)
+    reg = summary.registered
+    logger.info("%s %s version %s with aliases %s", "reused identical" if reg.reused else "registered", reg.name,
+                reg.version, reg.aliases)
     return summary

@@ -11,13 +11,14 @@ from pydantic import BaseModel
 from registry.runs import log_training_run_task
 from tasks.caching import stage_dir
 from tasks.config import PipelineConfig
-from tasks.data import prepare_data_task
-from tasks.distill import distill_task
-from tasks.finetune import check_qlora, finetune_task, merge_task
-from tasks.generation import score_exact_match_task
+from tasks.data.prepare import prepare_data_task
 from tasks.inputs import describe_model_task, resolve_inputs_task
+from tasks.preflight import preflight_task
 from tasks.records import ModelDir, PreparedData, TrainResult
 from tasks.settings import get_settings
+from tasks.train.distill import distill_task
+from tasks.train.finetune import check_qlora, finetune_task, merge_task
+from tasks.train.generation import score_exact_match_task
 
 
 class TrainSummary(BaseModel):
@@ -45,6 +46,7 @@ def train_steps(config: PipelineConfig, root: Path) -> TrainSummary:
     t: dict[str, float] = {}
     cfg = timed(t, "resolve_inputs", resolve_inputs_task, config, root)
     data = timed(t, "prepare_data", prepare_data_task, cfg.data, root / "data")
+    timed(t, "preflight", preflight_task, cfg, data)
     teacher, student = describe_model_task(cfg.distill.teacher), describe_model_task(cfg.distill.student)
     results: list[TrainResult] = []
     models = {"teacher": teacher, "student": student}

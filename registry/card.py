@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from tasks.config import PipelineConfig
-from tasks.evaluate import EvalReport
-from tasks.gate import GateDecision
-from tasks.quantize import Artifact
-from tasks.records import PreparedData
-from tasks.report import markdown
+from tasks.evaluate.gate import GateDecision
+from tasks.evaluate.report import markdown
+from tasks.evaluate.score import EvalReport
+from tasks.records import Artifact, PreparedData
 
 
 def model_card(name: str, config: PipelineConfig, data: PreparedData, artifacts: list[Artifact],

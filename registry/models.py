@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
-import tempfile
 from pathlib import Path
 
-import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import task
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from registry.batch import PROFILE_TAG, store_profile
 from registry.card import model_card
 from registry.errors import RegistryError
-from registry.history import move_alias, require_model
+from registry.history import aliases, move_alias, require_model
+from registry.resolve import download_served
 from registry.tracking import setup_tracking
+from tasks.batch.profile import Profile
 from tasks.config import PipelineConfig
-from tasks.evaluate import EvalReport
-from tasks.gate import GateDecision
-from tasks.quantize import Artifact
-from tasks.records import ModelDir, PreparedData
+from tasks.evaluate.gate import GateDecision
+from tasks.evaluate.score import EvalReport
+from tasks.quantize.onnx import onnx_artifact
+from tasks.records import Artifact, ModelDir, PreparedData
+
+log = logging.getLogger(__name__)
 
 
 class RegisteredVersion(BaseModel):
@@ -30,6 +34,7 @@ class RegisteredVersion(BaseModel):
     version: str
     run_id: str
     aliases: list[str]
+    reused: bool = Field(False, description="An identical served artifact was already registered as this version.")
 
 
 class ChampionRef(BaseModel):
@@ -50,18 +55,15 @@ def git_commit() -> str:
 
 
 def fetch_champion(root: Path, name: str, alias: str = "champion") -> ChampionRef | None:
-    """Download the served artifact of ``name@alias`` (None when there is no such model or alias)."""
+    """The served artifact of ``name@alias``, downloaded once per version (None when there is no such alias)."""
     setup_tracking(root)
     client = MlflowClient()
     try:
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-    local = mlflow.artifacts.download_artifacts(artifact_uri=version.source,
-                                                dst_path=tempfile.mkdtemp(prefix="champion-", dir=root))
-    from tasks.quantize import onnx_artifact
-
-    return ChampionRef(version=str(version.version), artifact=onnx_artifact("champion", Path(local)))
+    served = download_served(root, name, str(version.version), version.run_id)
+    return ChampionRef(version=str(version.version), artifact=onnx_artifact("champion", served))
 
 
 def record_decision(run_id: str, report: EvalReport, decision: GateDecision, png: Path) -> None:
@@ -76,10 +78,31 @@ def record_decision(run_id: str, report: EvalReport, decision: GateDecision, png
     client.log_artifact(run_id, str(png), "evaluation")
 
 
+def find_identical(client: MlflowClient, name: str, served_digest: str) -> str | None:
+    """The version of ``name`` whose served artifact has ``served_digest``, if one is registered."""
+    found = client.search_model_versions(f"name = '{name}' and tags.`slmops.served_digest` = '{served_digest}'")
+    return str(min(int(v.version) for v in found)) if found else None
+
+
+def _give_aliases(client: MlflowClient, name: str, version: str, auto_promote: bool, reason: str) -> list[str]:
+    given = ["challenger", *(["champion"] if auto_promote else [])]
+    current = aliases(client, name)
+    for alias in given:
+        if current.get(alias) != version:  # an alias already there is not moved again (no duplicate history)
+            move_alias(client, name, alias, version, reason=reason + (" (auto-promote)" if alias == "champion"
+                                                                       else ""))
+    return given
+
+
 def register_version(root: Path, run_id: str, config: PipelineConfig, data: PreparedData, merged: ModelDir,
                      artifacts: list[Artifact], report: EvalReport, decision: GateDecision,
-                     lineage: dict[str, str]) -> RegisteredVersion:
-    """Register a passing candidate; set ``challenger`` (and ``champion`` when auto-promote is on)."""
+                     lineage: dict[str, str], profile: Profile | None = None) -> RegisteredVersion:
+    """Register a passing candidate; set ``challenger`` (and ``champion`` when auto-promote is on).
+
+    A candidate whose served artifact is byte-identical to a registered version (same digest) reuses that
+    version instead of registering a duplicate. ``profile`` (of the training prompts) is stored on the version
+    as the reference batch inputs are checked for drift against.
+    """
     if not decision.passed:
         raise ValueError("refusing to register a candidate that failed its gate")
     setup_tracking(root)
@@ -90,6 +113,14 @@ def register_version(root: Path, run_id: str, config: PipelineConfig, data: Prep
     except RegistryError:
         client.create_registered_model(name, description=f"Small language model trained by slmops ({name}).")
     served = next(a for a in artifacts if a.name == config.quantize.served)
+    existing = find_identical(client, name, served.digest)
+    if existing:
+        log.info("%s: the served artifact (sha256 %s) is already registered as version %s; reusing it",
+                 name, served.digest[:12], existing)
+        if profile is not None and PROFILE_TAG not in client.get_model_version(name, existing).tags:
+            store_profile(client, name, existing, profile)
+        given = _give_aliases(client, name, existing, config.gate.auto_promote, "passed gate (identical rerun)")
+        return RegisteredVersion(name=name, version=existing, run_id=run_id, aliases=given, reused=True)
     client.log_artifacts(run_id, served.path, "served")
     for a in artifacts:
         if a.kind == "gguf":
@@ -98,16 +129,15 @@ def register_version(root: Path, run_id: str, config: PipelineConfig, data: Prep
     card = model_card(name, config, data, artifacts, report, decision, lineage)
     client.log_text(run_id, card, "model_card.md")
     tags = {f"slmops.{k}": v for k, v in lineage.items()} | {"slmops.gate": "passed",
-                                                             "slmops.served_artifact": served.name}
+                                                             "slmops.served_artifact": served.name,
+                                                             "slmops.served_digest": served.digest}
     mv = client.create_model_version(name, source=f"runs:/{run_id}/served", run_id=run_id, tags=tags,
                                      description=card)
     for k, v in report.metrics(served.name).items():
         client.set_model_version_tag(name, mv.version, f"metric.{k}", f"{v:.6g}")
-    given = ["challenger"]
-    move_alias(client, name, "challenger", str(mv.version), reason="passed gate")
-    if config.gate.auto_promote:
-        move_alias(client, name, "champion", str(mv.version), reason="passed gate (auto-promote)")
-        given.append("champion")
+    if profile is not None:
+        store_profile(client, name, str(mv.version), profile)
+    given = _give_aliases(client, name, str(mv.version), config.gate.auto_promote, "passed gate")
     return RegisteredVersion(name=name, version=str(mv.version), run_id=run_id, aliases=given)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -27,26 +29,54 @@ def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
     return match["name"], match["alias"], match["version"]
 
 
-def resolve_release(root: Path, ref: str) -> ModelRelease:
-    """Find the version ``ref`` points at and download its served ONNX folder and GGUF files (cached)."""
+def version_of(client: MlflowClient, ref: str) -> tuple[str, str]:
+    """``(name, version)`` that ``ref`` points at now, or a RegistryError listing what exists."""
     name, alias, version = parse_ref(ref)
-    setup_tracking(root)
-    client = MlflowClient()
     require_model(client, name)
     if alias:
         current = aliases(client, name)
         if alias not in current:
             raise RegistryError(f"{name} has no alias {alias!r}; aliases: "
                                 f"{', '.join(f'{a}→{v}' for a, v in sorted(current.items())) or 'none'}")
-        version = current[alias]
-    elif version not in versions(client, name):
+        return name, current[alias]
+    if version not in versions(client, name):
         raise RegistryError(f"{name} has no version {version!r}; versions: {', '.join(versions(client, name))}")
-    mv = client.get_model_version(name, version)
-    dest = Path(root) / "cache" / "registry" / name / str(version)
+    return name, version
+
+
+def version_cache(root: Path, name: str, version: str) -> Path:
+    """Local folder holding the downloaded artifacts of one model version."""
+    return Path(root) / "cache" / "registry" / name / str(version)
+
+
+def download_served(root: Path, name: str, version: str, run_id: str) -> Path:
+    """The version's served ONNX folder, downloaded once per version (atomically: never a half folder)."""
+    dest = version_cache(root, name, version)
     served = dest / "served"
+    if (served / "genai_config.json").is_file():
+        return served
+    dest.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
     try:
-        if not (served / "genai_config.json").is_file():
-            mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="served", dst_path=str(dest))
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="served", dst_path=str(staging))
+        shutil.rmtree(served, ignore_errors=True)
+        (staging / "served").replace(served)
+    except MlflowException as exc:
+        raise RegistryError(f"cannot download the artifacts of {name}/{version}: {exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return served
+
+
+def resolve_release(root: Path, ref: str) -> ModelRelease:
+    """Find the version ``ref`` points at and download its served ONNX folder and GGUF files (cached)."""
+    setup_tracking(root)
+    client = MlflowClient()
+    name, version = version_of(client, ref)
+    mv = client.get_model_version(name, version)
+    dest = version_cache(root, name, version)
+    served = download_served(root, name, version, mv.run_id)
+    try:
         gguf = {}
         for item in client.list_artifacts(mv.run_id, "gguf"):
             local = dest / item.path

@@ -75,3 +75,9 @@ def log_dataset(name: str, source: str, digest: str, context: str) -> None:
 
     dataset = MetaDataset(source=resolve_dataset_source(source), name=name, digest=digest[:36])
     mlflow.log_input(dataset, context=context)
+
+
+def registry_client(root: Path) -> MlflowClient:
+    """An MlflowClient on the configured store (the platform's server, the user's, or the embedded sqlite)."""
+    setup_tracking(root)
+    return MlflowClient()

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import ConfigError
+from tasks.evaluate.metrics import DEGRADATION, SCORED
 
 OnnxPrecision = Literal["int4", "int8", "fp32"]
 GgufType = Literal["f16", "q8_0", "Q4_0", "Q4_K_M"]
@@ -54,6 +55,9 @@ class DistillConfig(TrainLoopConfig):
     temperature: float = Field(2.0, gt=0, le=20, description="Softmax temperature T for logit distillation.")
     kl_weight: float = Field(0.5, ge=0, le=1, description="Weight of the KL term; CE gets 1 - kl_weight.")
     max_new_tokens: int = Field(32, gt=0, description="Answer length the teacher may generate (sequence).")
+    max_empty_share: float = Field(0.1, ge=0, le=1, description="Sequence-level: largest share of training "
+                                   "prompts the teacher may leave unanswered (empty answer) before distillation "
+                                   "fails; the empty ones are dropped and counted in the log.")
 
 
 class FinetuneConfig(TrainLoopConfig):
@@ -64,7 +68,7 @@ class FinetuneConfig(TrainLoopConfig):
     alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
     target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1,
         description="Module names that get LoRA adapters.",
     )
@@ -81,9 +85,23 @@ class QuantizeConfig(StageConfig):
     olive_gptq: bool = Field(False, description="Also build an int4 model with Olive: GPTQ calibrated on the "
                              "train split, then ModelBuilder.")
     olive_calibration_samples: int = Field(64, gt=0, description="Train rows used to calibrate GPTQ.")
-    gguf: list[GgufType] = Field(default_factory=list, description="GGUF files to build for Ollama / llama.cpp "
+    gguf: list[GgufType] = Field([], description="GGUF files to build for Ollama / llama.cpp "
                                  "(needs the llama-cpp-python extra).")
-    served: str = Field("onnx-int4", description="Artifact that is registered as the served model.")
+    served: str = Field("onnx-int4", description="Artifact that is registered and deployed: one of the ONNX "
+                        "artifacts built here (onnx-int4, onnx-int8, onnx-fp32, olive-gptq-int4).")
+
+    def artifact_names(self) -> list[str]:
+        """Names of the artifacts this config builds, in build order."""
+        return ([f"onnx-{p}" for p in self.onnx] + (["olive-gptq-int4"] if self.olive_gptq else [])
+                + [f"gguf-{t}" for t in self.gguf])
+
+    @model_validator(mode="after")
+    def _served_is_built(self) -> QuantizeConfig:
+        servable = [n for n in self.artifact_names() if not n.startswith("gguf-")]
+        if self.served not in servable:
+            raise ValueError(f"served {self.served!r} is not an ONNX artifact this config builds; "
+                             f"built and servable: {servable or 'none (quantize.onnx is empty)'}")
+        return self
 
 
 class EvalConfig(StageConfig):
@@ -101,12 +119,12 @@ class EvalConfig(StageConfig):
 class GateConfig(StageConfig):
     """When a candidate may be registered and given an alias."""
 
-    min: dict[str, float] = Field(default_factory=lambda: {"exact_match": 0.2},
+    min: dict[str, float] = Field({"exact_match": 0.2},
                                   description="Floors per metric of the served artifact, e.g. exact_match: 0.5.")
-    max: dict[str, float] = Field(default_factory=dict,
+    max: dict[str, float] = Field({},
                                   description="Ceilings per metric of the served artifact, e.g. perplexity: 3.")
     max_degradation: dict[str, float] = Field(
-        default_factory=lambda: {"perplexity_increase": 0.10, "exact_match_drop": 0.10},
+        {"perplexity_increase": 0.10, "exact_match_drop": 0.10},
         description="Largest allowed loss of the served artifact versus its fp32 parent "
         "(perplexity_increase is relative, exact_match_drop absolute).")
     vs_champion: list[str] = Field(["exact_match"], description="Metrics on which the candidate must not be worse "
@@ -114,6 +132,22 @@ class GateConfig(StageConfig):
     champion_tolerance: float = Field(0.02, ge=0, description="How much worse than the champion is still a pass "
                                       "(absolute for exact_match, relative for the others).")
     auto_promote: bool = Field(True, description="On pass, also set the champion alias (else only challenger).")
+
+    @field_validator("min", "max", "vs_champion")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, float] | list[str]) -> dict[str, float] | list[str]:
+        unknown = [k for k in value if k not in (*SCORED, *DEGRADATION)]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join((*SCORED, *DEGRADATION))}")
+        return value
+
+    @field_validator("max_degradation")
+    @classmethod
+    def _known_degradations(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = [k for k in value if k not in DEGRADATION]
+        if unknown:
+            raise ValueError(f"unknown degradation metric(s) {unknown}; known: {', '.join(DEGRADATION)}")
+        return value
 
 
 class RuntimeConfig(StageConfig):

@@ -12,12 +12,14 @@ class ConfigError(SlmopsError):
 class DatasetError(SlmopsError):
     """A dataset file is unreadable or has malformed rows; the message names file and line."""
 
-    def __init__(self, path: str, problems: list[str]):
+    SHOWN = 20
+
+    def __init__(self, path: str, problems: list[str], summary: str | None = None):
         self.path = path
         self.problems = problems
-        shown = "\n".join(f"  {p}" for p in problems[:50])
-        more = f"\n  … and {len(problems) - 50} more" if len(problems) > 50 else ""
-        super().__init__(f"{len(problems)} problem(s) in dataset {path}:\n{shown}{more}")
+        shown = "\n".join(f"  {p}" for p in problems[: self.SHOWN])
+        more = f"\n  … and {len(problems) - self.SHOWN} more" if len(problems) > self.SHOWN else ""
+        super().__init__(f"{summary or f'{len(problems)} problem(s) in dataset {path}'}:\n{shown}{more}")
 
 
 class DataSourceError(DatasetError):
@@ -30,3 +32,7 @@ class ModelError(SlmopsError):
 
 class TrainingError(SlmopsError):
     """Training cannot run as configured on this machine (e.g. QLoRA without CUDA)."""
+
+
+class QuantizeError(SlmopsError):
+    """A quantization tool failed or produced no model."""

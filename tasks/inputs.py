@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 
 from tasks.config import PipelineConfig
-from tasks.demo import resolve_ref
+from tasks.data.demo import resolve_ref
 from tasks.records import ModelDir
 
 

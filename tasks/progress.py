@@ -22,9 +22,9 @@ def _in_prefect_run() -> bool:
 class Progress:
     """Context manager: ``with Progress(total, "distill") as p: p.update(loss=…)``."""
 
-    def __init__(self, total: int, desc: str):
+    def __init__(self, total: int, desc: str, unit: str = "step"):
         self.total, self.desc, self.done = total, desc, 0
-        self._bar = tqdm(total=total, desc=desc, unit="step", mininterval=1.0, dynamic_ncols=True)
+        self._bar = tqdm(total=total, desc=desc, unit=unit, mininterval=1.0, dynamic_ncols=True)
         self._artifact_id = None
         self._last_pct = -1
         if _in_prefect_run():
@@ -33,7 +33,7 @@ class Progress:
 
                 key = "".join(c if c.isalnum() else "-" for c in desc.lower())
                 self._artifact_id = create_progress_artifact(progress=0.0, key=f"{key}-progress",
-                                                             description=f"{desc}: training progress")
+                                                             description=f"{desc}: progress")
             except Exception as exc:  # progress reporting must never break training
                 log.debug("no Prefect progress artifact: %s", exc)
 

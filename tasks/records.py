@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -62,6 +64,25 @@ class TrainResult(BaseModel):
     val_losses: list[tuple[int, float]] = Field(default_factory=list, description="(step, validation loss).")
     seconds: float = 0.0
     trainable_parameters: int = 0
+
+
+class Artifact(BaseModel):
+    """One quantized artifact: a folder (ONNX) or a file (GGUF)."""
+
+    name: str = Field(description="e.g. onnx-int4, olive-gptq-int4, gguf-Q4_K_M")
+    kind: Literal["onnx", "gguf"]
+    path: str
+    digest: str
+    size_bytes: int
+
+
+@dataclass
+class Generation:
+    """Tokens from one greedy request and its timing."""
+
+    tokens: list[int]
+    ttft_s: float
+    total_s: float
 
 
 class ModelRelease(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +19,11 @@ class Settings(BaseSettings):
     threads: int | None = Field(
         None, ge=1, description="Torch CPU threads; unset keeps torch's default (one per core)."
     )
+    demo_size: Literal["full", "tiny"] = Field("full", description="Size of the demo assets demo:* refers to: "
+                                               "full (a 1.7M-parameter teacher, ~2 min to make) or tiny (seconds; "
+                                               "for trying the platform and for tests).")
+    bindings: Path = Field(Path("configs/bindings.yaml"), description="Which targets follow which model@alias "
+                           "(read by the redeploy and reconcile flows).")
 
     @property
     def root(self) -> Path:

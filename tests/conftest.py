@@ -19,19 +19,7 @@ configure_environment()
 
 import pytest  # noqa: E402
 
-from tasks.config import TrainLoopConfig  # noqa: E402
-from tasks.demo import DemoSpec, ModelShape, ensure_demo_assets  # noqa: E402
-
-TINY_SPEC = DemoSpec(
-    seed=1,
-    vocab_size=320,
-    other_vocab_size=300,
-    teacher=ModelShape(architecture="llama", hidden_size=64, layers=2, heads=4, kv_heads=2,
-                       intermediate_size=128, max_positions=128),
-    student=ModelShape(architecture="qwen2", hidden_size=32, layers=1, heads=2, kv_heads=1,
-                       intermediate_size=64, max_positions=128),
-    teacher_training=TrainLoopConfig(steps=40, batch_size=16, learning_rate=5e-3, warmup_steps=5, eval_every=20),
-)
+from tasks.data.demo import TINY_SPEC, ensure_demo_assets  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +48,7 @@ def tiny_onnx(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """The tiny teacher as an onnxruntime-genai int4 folder (what the pipeline serves)."""
     from tasks.config import QuantizeConfig
     from tasks.inputs import describe_model
-    from tasks.quantize import build_onnx
+    from tasks.quantize.onnx import build_onnx
 
     out = tmp_path_factory.mktemp("served") / "onnx-int4"
     build_onnx(describe_model(str(tiny_assets / "teacher")), "int4", QuantizeConfig(int4_block_size=16), out)
@@ -76,3 +64,22 @@ def ollama_server(tmp_path: Path):
 
     with OllamaServer(tmp_path / "ollama") as server:
         yield server
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch: pytest.MonkeyPatch):
+    """A moto S3 server on 127.0.0.1 with an empty bucket ``batch``; boto3 reaches it via AWS_ENDPOINT_URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="batch")
+    yield client
+    server.stop()

@@ -33,6 +33,11 @@ def create_proxy(upstream: str, token: str) -> FastAPI:
     client = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=5.0),
                                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
 
+    def done(target: str) -> None:
+        inflight[target] -= 1
+        if inflight[target] <= 0:  # retired backends do not pile up in the admin answer
+            del inflight[target]
+
     def authorised(request: Request) -> bool:
         return secrets.compare_digest(request.headers.get("x-slmops-token", "").encode(), token.encode())
 
@@ -46,7 +51,13 @@ def create_proxy(upstream: str, token: str) -> FastAPI:
     async def switch(request: Request) -> Response:
         if not authorised(request):
             return JSONResponse({"error": "forbidden"}, 403)
-        state["upstream"] = (await request.json())["upstream"].rstrip("/")
+        try:
+            upstream = (await request.json())["upstream"]
+            if not isinstance(upstream, str) or not upstream.startswith(("http://", "https://")):
+                raise ValueError(upstream)
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'expected {"upstream": "http://host:port"}'}, 400)
+        state["upstream"] = upstream.rstrip("/")
         return JSONResponse({"upstream": state["upstream"]})
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"])
@@ -59,7 +70,7 @@ def create_proxy(upstream: str, token: str) -> FastAPI:
                 headers=[(k, v) for k, v in request.headers.items() if k.lower() not in HOP_HEADERS])
             upstream = await client.send(upstream_request, stream=True)
         except httpx.HTTPError as exc:
-            inflight[target] -= 1
+            done(target)
             return JSONResponse({"error": {"message": f"upstream unavailable: {exc}", "type": "server_error"}},
                                 502, headers={"Retry-After": "1"})
 
@@ -69,7 +80,7 @@ def create_proxy(upstream: str, token: str) -> FastAPI:
                     yield piece
             finally:
                 await upstream.aclose()
-                inflight[target] -= 1
+                done(target)
 
         headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
         return StreamingResponse(body(), status_code=upstream.status_code, headers=headers)

@@ -1,50 +1,193 @@
-"""Request bodies of the serving API (OpenAI-compatible subset) with validation messages."""
+"""Request bodies of the serving API (the OpenAI subset this runtime honours) with validation messages.
+
+Every field is either honoured, accepted as harmless metadata (``user``, ``metadata``, ``store: false``), or
+accepted only at the value that asks for nothing (``n: 1``, ``frequency_penalty: 0``, ``tools: []`` …). Anything
+else — an unknown field, or a feature asked for (tools, structured output, penalties, logit bias …) — is a 400
+that names the parameter (``extra="forbid"``), never silently ignored.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+    model_validator,
+)
+
+MAX_TOP_LOGPROBS = 20
 
 
-class _Body(BaseModel):
-    # OpenAI clients send fields we do not use (e.g. user, logprobs): ignore those, validate what we use.
-    model_config = ConfigDict(extra="ignore")
+NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+INTEGERS = ("max_tokens", "min_tokens", "seed", "max_completion_tokens", "top_logprobs")
 
-    model: StrictStr | None = Field(None, description="Served model name (see GET /v1/models).")
-    max_tokens: StrictInt | None = Field(None, ge=1, description="Tokens to generate at most.")
-    min_tokens: StrictInt = Field(0, ge=0, description="Tokens to generate before end-of-sequence is allowed "
-                                  "(extension, as in vLLM).")
-    temperature: StrictFloat | StrictInt = Field(0.0, ge=0, le=2, description="0 is greedy.")
-    top_p: StrictFloat | StrictInt = Field(1.0, gt=0, le=1)
-    stop: StrictStr | list[StrictStr] | None = Field(None, description="Stop sequence(s), up to 4.")
-    seed: StrictInt | None = None
-    stream: StrictBool = False
-    n: StrictInt = Field(1, ge=1, le=1, description="Only n=1 is supported.")
 
-    def stops(self) -> list[str]:
-        """Stop sequences as a list (at most 4, none empty)."""
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop: at most 4 non-empty sequences")
-        return stops
+def _same(value: Any, expected: Any) -> bool:
+    if isinstance(expected, bool) or not isinstance(expected, int | float):
+        return type(value) is type(expected) and value == expected
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == expected
+
+
+def only(harmless: Any, feature: str) -> Any:
+    """A parameter accepted only as ``harmless`` or null, because the runtime cannot honour ``feature``."""
+    shown = json.dumps(harmless)
+
+    def check(value: Any) -> Any:
+        if value is not None and not _same(value, harmless):
+            raise ValueError(f"not supported by this runtime ({feature}); only {shown} or null is accepted")
+        return value
+
+    schema = {"anyOf": [{"const": harmless}, {"type": "null"}],
+              "description": f"Accepted only as {shown} or null: {feature} is not supported."}
+    return Annotated[Any, AfterValidator(check), WithJsonSchema(schema)]
+
+
+def _stops(value: Any) -> Any:
+    stops = [value] if isinstance(value, str) else value
+    if isinstance(stops, list) and (len(stops) > 4 or not all(isinstance(s, str) and s for s in stops)):
+        raise ValueError("at most 4 non-empty stop sequences")
+    return stops
+
+
+Stop = Annotated[list[StrictStr] | None, BeforeValidator(_stops), WithJsonSchema({
+    "anyOf": [{"type": "string", "minLength": 1},
+              {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4}, {"type": "null"}],
+    "description": "Stop sequence(s), up to 4; the text ends before the first one found."})]
+
+
+class StreamOptions(BaseModel):
+    """Options of a streamed response."""
+
+    model_config = ConfigDict(extra="forbid")
+    include_usage: StrictBool | None = Field(None, description="Send a last chunk with usage and no choices.")
+    include_obfuscation: only(False, "obfuscation padding of stream chunks") = None
+
+
+class TextPart(BaseModel):
+    """A text part of a message's content."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: StrictStr
 
 
 class Message(BaseModel):
-    """One chat turn."""
+    """One chat turn; ``developer`` is read as ``system``."""
 
-    model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant"]
-    content: StrictStr
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | list[TextPart]
+
+    def as_template_input(self) -> dict[str, str]:
+        """The turn as a chat template expects it."""
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr | None = Field(None, description="Served model name (see GET /v1/models).")
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        None, description="Tokens to generate at most; capped by the room the prompt leaves in the context "
+        "window (finish_reason 'length').")
+    min_tokens: Annotated[StrictInt, Field(ge=0)] = Field(
+        0, description="Tokens to generate before end-of-sequence is allowed (extension, as in vLLM); capped "
+        "by max_tokens.")
+    temperature: Annotated[float, Field(ge=0, le=2, strict=True)] | None = Field(
+        None, description="Sampling temperature; 0 (default) is greedy, below 1e-5 too.")
+    top_p: Annotated[float, Field(gt=0, le=1, strict=True)] | None = Field(None, description="Nucleus sampling mass.")
+    stop: Stop = None
+    seed: StrictInt | None = Field(None, description="Seed of the sampler (reduced modulo 2**31).")
+    stream: StrictBool | None = Field(False, description="Answer as server-sent events.")
+    stream_options: StreamOptions | None = None
+    n: only(1, "several choices per request") = None
+    frequency_penalty: only(0, "frequency penalty") = None
+    presence_penalty: only(0, "presence penalty") = None
+    logit_bias: only({}, "logit bias") = None
+    user: StrictStr | None = Field(None, description="End-user id; accepted as metadata, not used.")
+    store: only(False, "storing completions") = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_floats(cls, data: Any) -> Any:
+        # JSON Schema counts 3.0 as an integer, and JSON parsers hand it over as a float
+        if isinstance(data, dict):
+            names = (*INTEGERS, "logprobs") if cls is CompletionRequest else INTEGERS
+            return {k: int(v) if k in names and isinstance(v, float) and v.is_integer() else v for k, v in data.items()}
+        return data
+
+    def requested_max_tokens(self) -> int | None:
+        """The client's max_tokens, if it sent one."""
+        return self.max_tokens
+
+    @property
+    def wants_usage_chunk(self) -> bool:
+        """Whether a stream ends with a usage chunk."""
+        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 class ChatRequest(_Body):
     """POST /v1/chat/completions."""
 
     messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = Field(None, description="Alias of max_tokens.")
+    logprobs: StrictBool | None = Field(None, description="Return the log-probability of each output token.")
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = Field(None,
+                                           description="Most likely alternatives per token (needs logprobs).")
+    metadata: dict[str, Annotated[StrictStr, Field(max_length=512)]] | None = Field(
+        None, max_length=16, description="Key-value metadata; accepted, not used.")
+    tools: only([], "tool calling") = None
+    tool_choice: only("none", "tool calling") = None
+    response_format: only({"type": "text"}, "structured output") = None
+    modalities: only(["text"], "audio output") = None
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
+        "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}})
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatRequest:
+        if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
+            raise ValueError(f"max_tokens ({self.max_tokens}) and max_completion_tokens "
+                             f"({self.max_completion_tokens}) differ; send one of them")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def requested_max_tokens(self) -> int | None:
+        """The client's max_tokens or max_completion_tokens, if it sent one."""
+        return self.max_tokens if self.max_tokens is not None else self.max_completion_tokens
+
+    def top_logprobs_k(self) -> int | None:
+        """None without logprobs, else how many alternatives each token carries."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Body):
-    """POST /v1/completions."""
+    """POST /v1/completions (legacy plain-prompt completions)."""
 
-    prompt: StrictStr = Field(min_length=1)
+    prompt: Annotated[StrictStr, Field(min_length=1)] | Annotated[list[NonEmpty], Field(min_length=1, max_length=1)] = (
+        Field(description="The prompt, or a list holding one prompt (as LangChain sends it)."))
+    logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = Field(
+        None, description="Return log-probabilities of each token and of this many most likely alternatives.")
+    echo: only(False, "echoing the prompt") = None
+    best_of: only(1, "best-of sampling") = None
+
+    def top_logprobs_k(self) -> int | None:
+        """None without logprobs, else how many alternatives each token carries."""
+        return self.logprobs
+
+    @property
+    def text(self) -> str:
+        """The prompt text."""
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]

@@ -2,10 +2,11 @@
 
 from pathlib import Path
 
-from infra.targets.base import DeployError, Deployment, Target
+from infra.targets.base import DeployError, Deployment, DeploymentStatus, Target
 from infra.targets.config import DeployConfig, FoundryTargetConfig, LocalTargetConfig, OllamaTargetConfig
 
 TARGETS = ("local", "foundry", "ollama")
+CONFIGS = {"local": LocalTargetConfig, "foundry": FoundryTargetConfig, "ollama": OllamaTargetConfig}
 
 
 def make_target(cfg: DeployConfig, root: Path) -> Target:
@@ -25,4 +26,13 @@ def make_target(cfg: DeployConfig, root: Path) -> Target:
     raise DeployError(f"unknown target config {cfg!r}; targets: {', '.join(TARGETS)}")
 
 
-__all__ = ["TARGETS", "DeployConfig", "DeployError", "Deployment", "Target", "make_target"]
+def probe_all(root: Path, targets: tuple[str, ...] = TARGETS) -> list[DeploymentStatus]:
+    """Probe every recorded deployment of ``targets`` (each probe reads where to look from its record)."""
+    from infra.targets.store import DeploymentStore
+
+    return [status for kind in targets if DeploymentStore(root, kind).all()
+            for status in make_target(CONFIGS[kind](), root).statuses()]
+
+
+__all__ = ["TARGETS", "DeployConfig", "DeployError", "Deployment", "DeploymentStatus", "Target", "make_target",
+           "probe_all"]

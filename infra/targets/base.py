@@ -1,32 +1,16 @@
-"""The target interface, deployment records kept on disk, and the golden-prompt check."""
+"""The target interface, what every target shares (locked deploy/rollback/undeploy over its records, status as
+a probe), and the golden-prompt check."""
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel, Field
-
-from tasks.errors import SlmopsError
+from infra.targets.store import DeployError, Deployment, DeploymentStatus, DeploymentStore, now
 from tasks.records import ModelRelease
 
-
-class DeployError(SlmopsError):
-    """A deploy did not reach its post-condition; what was serving before still serves."""
-
-
-class Deployment(BaseModel):
-    """What version serves where, since when, and what served before (for rollback)."""
-
-    name: str = Field(description="Deployment name (defaults to the registered model name).")
-    target: str
-    release: ModelRelease
-    endpoint: str
-    since: str
-    previous: ModelRelease | None = None
-    details: dict[str, Any] = Field(default_factory=dict, description="Target-specific state (PIDs, ports…).")
+__all__ = ["DeployError", "Deployment", "DeploymentStatus", "DeploymentStore", "RecordedTarget", "Target",
+           "check_answer", "now"]
 
 
 class Target(Protocol):
@@ -35,18 +19,23 @@ class Target(Protocol):
     def deploy(self, release: ModelRelease) -> Deployment:
         """Serve ``release``; done only when it serves and a golden prompt passes."""
 
-    def status(self) -> Deployment | None:
-        """The current deployment, or None."""
+    def status(self, name: str | None = None) -> DeploymentStatus | None:
+        """Probe the deployment now: recorded vs served version, up/down; None when nothing is recorded."""
 
-    def rollback(self) -> Deployment:
+    def rollback(self, name: str | None = None) -> Deployment:
         """Serve the previous release again."""
 
-    def undeploy(self) -> None:
+    def undeploy(self, name: str | None = None) -> None:
         """Stop serving and forget the deployment."""
 
 
 class RecordedTarget:
-    """What every target shares: its record store, rollback to the previous release, and undeploy."""
+    """What every target shares: its record store, one operation at a time per deployment name (a file lock
+    around deploy, rollback and undeploy), rollback to the previous release, undeploy, and status.
+
+    A target implements ``_deploy`` (called under the lock with the current record), ``_teardown`` and
+    ``probe``.
+    """
 
     kind = ""
 
@@ -54,11 +43,18 @@ class RecordedTarget:
         self.cfg, self.root = cfg, Path(root)
         self.store = DeploymentStore(root, self.kind)
 
-    def deploy(self, release: ModelRelease) -> Deployment:  # pragma: no cover - each target implements it
-        raise NotImplementedError
+    def _deploy(self, release: ModelRelease, name: str, current: Deployment | None) -> Deployment:
+        raise NotImplementedError  # pragma: no cover - each target implements it
 
-    def _teardown(self, record: Deployment) -> None:  # pragma: no cover - each target implements it
-        raise NotImplementedError
+    def _teardown(self, record: Deployment) -> None:
+        raise NotImplementedError  # pragma: no cover - each target implements it
+
+    def probe(self, record: Deployment) -> DeploymentStatus:
+        """Ask the target what it serves for ``record`` now."""
+        raise NotImplementedError  # pragma: no cover - each target implements it
+
+    def _lock(self, name: str):
+        return self.store.lock(name, self.cfg.lock_timeout_s)
 
     def record(self, name: str | None) -> Deployment:
         """The record of ``name`` (default: the configured name), or a DeployError listing what is deployed."""
@@ -69,55 +65,37 @@ class RecordedTarget:
             raise DeployError(f"no {self.kind} deployment {name!r}; deployed: {known or 'none'}")
         return record
 
+    def deploy(self, release: ModelRelease) -> Deployment:
+        """Serve ``release`` under the deployment name (configured, else the model's); one deploy at a time."""
+        name = self.cfg.name or release.name
+        with self._lock(name):
+            return self._deploy(release, name, self.store.load(name))
+
     def rollback(self, name: str | None = None) -> Deployment:
         """Serve the previous release again (through a normal, fully checked deploy)."""
-        record = self.record(name)
-        if record.previous is None:
-            raise DeployError(f"{self.kind} deployment {record.name!r} has no previous version to roll back to")
-        return self.deploy(record.previous)
+        name = self.record(name).name  # fails at once, listing what exists
+        with self._lock(name):
+            record = self.record(name)  # read again under the lock: another deploy may have finished meanwhile
+            if record.previous is None:
+                raise DeployError(f"{self.kind} deployment {name!r} has no previous version to roll back to")
+            return self._deploy(record.previous, name, record)
 
     def undeploy(self, name: str | None = None) -> None:
-        """Stop serving ``name`` and forget its record."""
-        record = self.record(name)
-        self._teardown(record)
-        self.store.delete(record.name)
+        """Stop serving ``name`` and forget its record (a stale record is reported, and forgotten too)."""
+        name = self.record(name).name
+        with self._lock(name):
+            record = self.record(name)
+            self._teardown(record)
+            self.store.delete(name)
 
+    def status(self, name: str | None = None) -> DeploymentStatus | None:
+        """Probe ``name`` (default: the configured name) now; None when nothing is recorded."""
+        record = self.store.load(name or self.cfg.name or "")
+        return None if record is None else self.probe(record)
 
-class DeploymentStore:
-    """JSON records under ``<home>/deployments/<target>/<name>.json``, written atomically."""
-
-    def __init__(self, root: Path, target: str):
-        self.folder = Path(root) / "deployments" / target
-        self.folder.mkdir(parents=True, exist_ok=True)
-
-    def path(self, name: str) -> Path:
-        """Record file of deployment ``name``."""
-        return self.folder / f"{name}.json"
-
-    def load(self, name: str) -> Deployment | None:
-        """The record, or None."""
-        path = self.path(name)
-        return Deployment.model_validate_json(path.read_text()) if path.is_file() else None
-
-    def save(self, deployment: Deployment) -> None:
-        """Replace the record atomically (readers never see half a file)."""
-        tmp = self.path(deployment.name).with_suffix(".tmp")
-        tmp.write_text(deployment.model_dump_json(indent=2))
-        os.chmod(tmp, 0o600)  # may hold an admin token for the local proxy
-        os.replace(tmp, self.path(deployment.name))
-
-    def delete(self, name: str) -> None:
-        """Forget the record."""
-        self.path(name).unlink(missing_ok=True)
-
-    def all(self) -> list[Deployment]:
-        """Every record of this target."""
-        return [Deployment.model_validate_json(p.read_text()) for p in sorted(self.folder.glob("*.json"))]
-
-
-def now() -> str:
-    """UTC timestamp for records."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    def statuses(self) -> list[DeploymentStatus]:
+        """Probe every recorded deployment of this target."""
+        return [self.probe(record) for record in self.store.all()]
 
 
 def check_answer(answer: str, expect: str | None, where: str) -> None:

@@ -16,19 +16,28 @@ class _Common(StageConfig):
     golden_expect: str | None = Field(None, description="Text the golden answer must contain (default: any "
                                       "non-empty answer).")
     golden_max_tokens: int = Field(16, gt=0, description="Tokens the golden answer may use.")
+    lock_timeout_s: float = Field(900, gt=0, description="How long to wait for another deploy, rollback or "
+                                  "undeploy of the same deployment to finish before giving up.")
+
+
+DEFAULT_PORT = 8080
 
 
 class LocalTargetConfig(_Common):
     """Our serving runtime as managed background processes behind a stable-port proxy (blue/green)."""
 
     target: Literal["local"] = "local"
-    port: int = Field(8080, ge=1, le=65535, description="Stable port clients use (127.0.0.1).")
+    port: int | None = Field(None, ge=1, le=65535, description="Stable port clients use (127.0.0.1). Default: "
+                             "the deployment's current port, 8080 for a new one; another port moves it there.")
     max_batch_size: int = Field(8, gt=0, description="Requests batched together at most.")
     max_queue: int = Field(64, gt=0, description="Waiting requests before 503 + Retry-After.")
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key "
                                     "(the key itself is never stored or logged).")
     startup_timeout_s: float = Field(120, gt=0, description="How long a new version may take to become healthy.")
     drain_timeout_s: float = Field(60, gt=0, description="How long the old version may finish in-flight requests.")
+    capture_percent: float = Field(0.0, ge=0, le=100, description="Data capture: share of requests whose bodies "
+                                   "are kept (0: off), replayable with slmops batch.")
+    capture_destination: str = Field("", description="Data capture: directory or s3://bucket/prefix.")
 
 
 class FoundryTargetConfig(_Common):

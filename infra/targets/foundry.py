@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from infra.targets.base import DeployError, Deployment, RecordedTarget, check_answer, now
+from infra.targets.base import DeployError, Deployment, DeploymentStatus, RecordedTarget, check_answer, now
 from infra.targets.config import FoundryTargetConfig
 from tasks.records import ModelRelease
 
@@ -35,16 +35,18 @@ def prompt_template(model_dir: Path) -> dict[str, str]:
     return template
 
 
-def write_layout(release: ModelRelease, cache_dir: Path) -> tuple[Path, str]:
-    """Copy the ONNX folder into the cache with ``inference_model.json``; return (folder, model id)."""
-    model_id = f"{release.name}:{release.version}"
-    folder = cache_dir / "slmops" / f"{release.name}-{release.version}"
+def layout_folder(release: ModelRelease, cache_dir: Path) -> Path:
+    """Where a version's layout lives in the cache: ``<cache>/slmops/<name>-<version>``."""
+    return cache_dir / "slmops" / f"{release.name}-{release.version}"
+
+
+def write_layout(release: ModelRelease, folder: Path, model_id: str) -> None:
+    """Copy the ONNX folder to ``folder`` (replacing a leftover) with ``inference_model.json`` naming ``model_id``."""
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(release.onnx_dir, folder)
     (folder / "inference_model.json").write_text(json.dumps(
         {"Name": model_id, "PromptTemplate": prompt_template(folder)}, indent=2))
-    return folder, model_id
 
 
 class FoundryTarget(RecordedTarget):
@@ -84,27 +86,40 @@ class FoundryTarget(RecordedTarget):
         client.settings.temperature = 0.0
         return client.complete_chat([{"role": "user", "content": prompt}]).choices[0].message.content
 
-    def deploy(self, release: ModelRelease) -> Deployment:
-        """Write the layout, register and load it, pass the golden prompt, then retire the previous version."""
-        from foundry_local_sdk.exception import FoundryLocalException
+    def _serve(self, folder: Path, model_id: str) -> str:
+        """Register ``folder`` as ``model_id``, load it and pass the golden prompt; return the answer."""
         from foundry_local_sdk.model_info import ModelInfoBuilder
 
-        name = self.cfg.name or release.name
-        current = self.store.load(name)
-        folder, model_id = write_layout(release, self.cache_dir)
-        catalog = self.catalog()
+        model = self.catalog().register_model(str(folder), model_id,
+                                              ModelInfoBuilder().set_string_property("task", "chat-completion"))
+        model.load()
+        answer = self.chat(model, self.cfg.golden_prompt)
+        check_answer(answer, self.cfg.golden_expect, f"foundry {model_id}")
+        return answer
+
+    def _deploy(self, release: ModelRelease, name: str, current: Deployment | None) -> Deployment:
+        """Write the layout, register and load it, pass the golden prompt, then retire the previous version.
+
+        When ``<name>:<version>`` is registered already (a redeploy of the same version), the new copy is
+        checked under a trial id first; the registered one is replaced only after that passed.
+        """
+        from foundry_local_sdk.exception import FoundryLocalException
+
+        model_id, folder = f"{release.name}:{release.version}", layout_folder(release, self.cache_dir)
+        taken = self.catalog().get_model_variant(model_id) is not None
+        trial_id, trial = (f"{release.name}-next:{release.version}", folder.with_name(f"{folder.name}.next")) \
+            if taken else (model_id, folder)
         try:
-            if catalog.get_model_variant(model_id) is not None:  # redeploying the same version
-                self._forget(model_id, None)
-            model = catalog.register_model(str(folder), model_id,
-                                           ModelInfoBuilder().set_string_property("task", "chat-completion"))
-            model.load()
-            answer = self.chat(model, self.cfg.golden_prompt)
-            check_answer(answer, self.cfg.golden_expect, f"foundry {model_id}")
-        except (FoundryLocalException, DeployError) as exc:
-            self._forget(model_id, folder)
-            raise DeployError(f"Foundry Local could not serve {model_id}; the previous version is untouched: "
+            if taken:
+                self._forget(trial_id, trial)  # a trial left by an interrupted deploy
+            write_layout(release, trial, model_id)
+            answer = self._serve(trial, trial_id)
+        except (FoundryLocalException, DeployError, OSError) as exc:
+            self._forget(trial_id, trial)
+            raise DeployError(f"Foundry Local could not serve {model_id}; what served before is untouched: "
                               f"{exc}") from None
+        if taken:
+            answer = self._swap_in(trial, trial_id, folder, model_id)
         if current and current.details["model_id"] != model_id:
             self._forget(current.details["model_id"], Path(current.details["folder"]))
         deployment = Deployment(name=name, target="foundry", release=release, endpoint=f"foundry-local://{model_id}",
@@ -113,6 +128,25 @@ class FoundryTarget(RecordedTarget):
                                          "golden_answer": answer})
         self.store.save(deployment)
         return deployment
+
+    def _swap_in(self, trial: Path, trial_id: str, folder: Path, model_id: str) -> str:
+        """Replace registered ``model_id`` by the trial copy that passed its check; return the golden answer."""
+        from foundry_local_sdk.exception import FoundryLocalException
+
+        self._forget(trial_id, None)
+        self._forget(model_id, None)
+        retired = folder.with_name(f"{folder.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        if folder.exists():
+            folder.rename(retired)
+        trial.rename(folder)
+        try:
+            return self._serve(folder, model_id)
+        except (FoundryLocalException, DeployError) as exc:
+            raise DeployError(f"the new copy of {model_id} passed its check as {trial_id} but failed once swapped "
+                              f"in: {exc}; {model_id} is not registered now, deploy again") from None
+        finally:
+            shutil.rmtree(retired, ignore_errors=True)
 
     def _forget(self, model_id: str, folder: Path | None) -> None:
         """Unload and unregister one version (list_models shows one entry per alias, so look up the variant)."""
@@ -125,12 +159,23 @@ class FoundryTarget(RecordedTarget):
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def status(self, name: str | None = None) -> Deployment | None:
-        """The record, with ``details.registered`` checked against the catalog now."""
-        record = self.store.load(name or self.cfg.name or "")
-        if record is not None:
-            record.details["registered"] = self.catalog().get_model_variant(record.details["model_id"]) is not None
-        return record
+    def probe(self, record: Deployment) -> DeploymentStatus:
+        """The recorded version is registered in the record's catalog and its layout folder exists."""
+        from foundry_local_sdk.exception import FoundryLocalException
+
+        cache_dir = Path(record.details["cache_dir"])
+        if cache_dir != self.cache_dir:
+            return FoundryTarget(self.cfg.model_copy(update={"cache_dir": str(cache_dir)}), self.root).probe(record)
+        model_id, logs = record.details["model_id"], str(self.root / "foundry" / "logs")
+        try:
+            registered = self.catalog().get_model_variant(model_id) is not None
+        except FoundryLocalException as exc:
+            return DeploymentStatus.probed(record, None, f"Foundry Local catalog unreadable: {exc}", logs)
+        if not registered:
+            return DeploymentStatus.probed(record, None, f"{model_id} is not registered in {cache_dir}", logs)
+        if not Path(record.details["folder"]).is_dir():
+            return DeploymentStatus.probed(record, None, f"layout folder {record.details['folder']} is missing", logs)
+        return DeploymentStatus.probed(record, model_id.rsplit(":", 1)[1], None, logs)
 
     def _teardown(self, record: Deployment) -> None:
         """Unload, unregister and delete the layout."""

@@ -1,8 +1,10 @@
 """local: our serving runtime, blue/green behind a stable-port proxy.
 
 deploy: start the new version on a fresh port → it must serve the requested version and pass the golden
-prompt → point the proxy at it → verify through the stable port → wait until the old version has no request
-in flight → stop it. A new version that fails any check is stopped and the old one keeps serving.
+prompt → point the proxy at it (or, for a new deployment or a new ``port``, start a proxy there) → verify through
+the stable port → wait until the old version has no request in flight → record → stop the old version (and the
+old proxy when the port moved). Any failure before the record is written stops what this deploy started and
+says what serves now.
 """
 
 from __future__ import annotations
@@ -10,18 +12,61 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import time
 from pathlib import Path
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from infra import process
-from infra.targets.base import DeployError, Deployment, RecordedTarget, check_answer, now
-from infra.targets.config import LocalTargetConfig
+from infra.process import Liveness, ProcessRef
+from infra.targets.base import DeployError, Deployment, DeploymentStatus, RecordedTarget, check_answer, now
+from infra.targets.config import DEFAULT_PORT, LocalTargetConfig
+from infra.targets.proxy_admin import ProxyAdmin
 from tasks.errors import SlmopsError
 from tasks.records import ModelRelease
 
 log = logging.getLogger(__name__)
+
+
+class Backend(BaseModel):
+    """One serving-runtime process serving one version on its own port."""
+
+    process: ProcessRef
+    url: str
+    version: str
+    log: str
+
+
+class LocalDetails(BaseModel):
+    """A local deployment's processes: the backend that serves and the proxy on the stable port."""
+
+    backend: Backend
+    proxy: ProxyAdmin
+    api_key_env: str | None = None
+
+
+def headers(api_key_env: str | None) -> dict[str, str]:
+    """Bearer header from the named environment variable (the key itself is never stored)."""
+    key = os.environ.get(api_key_env) if api_key_env else None
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def served_version(url: str, api_key_env: str | None) -> tuple[str | None, str | None]:
+    """(version ``url`` serves, None) from ``/v1/models`` (``/health`` when the key is not at hand), or
+    (None, why not)."""
+    try:
+        health = httpx.get(f"{url}/health", timeout=5)
+        if health.status_code != 200:
+            return None, f"{url}/health answered HTTP {health.status_code}"
+        models = httpx.get(f"{url}/v1/models", headers=headers(api_key_env), timeout=5)
+        if models.status_code not in (200, 401):
+            return None, f"{url}/v1/models answered HTTP {models.status_code}"
+        answer = models.json()["data"][0] if models.status_code == 200 else health.json()
+        return str(answer["version"]), None
+    except httpx.HTTPError as exc:
+        return None, f"{url} does not answer ({type(exc).__name__})"
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None, f"{url} answered something that is not our serving runtime"
 
 
 class LocalTarget(RecordedTarget):
@@ -32,114 +77,157 @@ class LocalTarget(RecordedTarget):
     def __init__(self, cfg: LocalTargetConfig, root: Path):
         super().__init__(cfg, root)
 
-    def _headers(self) -> dict[str, str]:
-        key = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
-        return {"Authorization": f"Bearer {key}"} if key else {}
-
     def _logs(self, name: str) -> Path:
         return self.root / "deployments" / "local" / "logs" / name
 
+    def details(self, record: Deployment) -> LocalDetails:
+        """The typed processes of a local record."""
+        try:
+            return LocalDetails.model_validate(record.details)
+        except ValidationError:
+            raise DeployError(f"local deployment {record.name!r}: record {self.store.path(record.name)} has no "
+                              f"process identities (written by an older slmops); stop its processes by hand "
+                              f"({record.details}) and delete the record") from None
+
     def verify(self, base_url: str, release: ModelRelease) -> str:
         """The server at ``base_url`` serves ``release`` and answers the golden prompt; return the answer."""
+        auth = headers(self.cfg.api_key_env)
         try:
-            models = httpx.get(f"{base_url}/v1/models", headers=self._headers(), timeout=10).json()["data"]
+            models = httpx.get(f"{base_url}/v1/models", headers=auth, timeout=10).json()["data"]
             if models[0].get("version") != release.version:
                 raise DeployError(f"{base_url} serves version {models[0].get('version')!r}, not {release.version}")
-            reply = httpx.post(f"{base_url}/v1/chat/completions", headers=self._headers(), timeout=60, json={
+            reply = httpx.post(f"{base_url}/v1/chat/completions", headers=auth, timeout=60, json={
                 "model": release.name, "max_tokens": self.cfg.golden_max_tokens, "temperature": 0,
                 "messages": [{"role": "user", "content": self.cfg.golden_prompt}]})
-        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
-            raise DeployError(f"{base_url}: smoke request failed: {exc}") from None
-        if reply.status_code != 200:
-            raise DeployError(f"{base_url}: golden prompt answered HTTP {reply.status_code}: {reply.text[:300]}")
-        answer = reply.json()["choices"][0]["message"]["content"]
+            if reply.status_code != 200:
+                raise DeployError(f"{base_url}: golden prompt answered HTTP {reply.status_code}: {reply.text[:300]}")
+            answer = reply.json()["choices"][0]["message"]["content"]
+        except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
+            raise DeployError(f"{base_url}: smoke request failed: {exc!r}") from None
         check_answer(answer, self.cfg.golden_expect, base_url)
         return answer
 
-    def _start_backend(self, release: ModelRelease, name: str) -> dict:
+    def _start_backend(self, release: ModelRelease, name: str) -> Backend:
         port = process.free_port()
         log_file = self._logs(name) / f"v{release.version}-{port}.log"
         args = ["-m", "infra.serving", release.onnx_dir, "--name", release.name, "--version", release.version,
                 "--port", str(port), "--max-batch-size", str(self.cfg.max_batch_size),
-                "--max-queue", str(self.cfg.max_queue), "--api-key-env", self.cfg.api_key_env or "SLMOPS_API_KEY"]
+                "--max-queue", str(self.cfg.max_queue), "--api-key-env", self.cfg.api_key_env or "SLMOPS_API_KEY",
+                "--capture-percent", str(self.cfg.capture_percent), "--capture-destination",
+                self.cfg.capture_destination]
         env = {} if self.cfg.api_key_env else {"SLMOPS_API_KEY": ""}
-        pid = process.start(args, log_file, env)
-        backend = {"pid": pid, "port": port, "url": f"http://127.0.0.1:{port}", "version": release.version,
-                   "log": str(log_file)}
+        backend = Backend(process=process.start(args, log_file, env), url=f"http://127.0.0.1:{port}",
+                          version=release.version, log=str(log_file))
         try:
-            process.wait_healthy(f"{backend['url']}/ping", pid, log_file, self.cfg.startup_timeout_s)
-            self.verify(backend["url"], release)
-        except SlmopsError as exc:
-            process.stop(pid)
-            raise DeployError(f"new version {release.ref} failed its checks; nothing was switched: {exc}") from None
+            process.wait_healthy(f"{backend.url}/ping", backend.process, log_file, self.cfg.startup_timeout_s)
+            self.verify(backend.url, release)
+        except BaseException as exc:  # Ctrl-C too: nothing this deploy started outlives it
+            process.stop(backend.process)
+            if isinstance(exc, SlmopsError):
+                raise DeployError(f"new version {release.ref} failed its checks; nothing was switched: {exc}") \
+                    from None
+            raise
         return backend
 
-    def _start_proxy(self, upstream: str, name: str) -> dict:
+    def _start_proxy(self, port: int, upstream: str, name: str) -> ProxyAdmin:
         token = secrets.token_urlsafe(24)
-        log_file = self._logs(name) / "proxy.log"
-        pid = process.start(["-m", "infra.serving.proxy", "--port", str(self.cfg.port), "--upstream", upstream],
-                            log_file, {"SLMOPS_PROXY_TOKEN": token})
-        url = f"http://127.0.0.1:{self.cfg.port}"
-        process.wait_healthy(f"{url}/ping", pid, log_file, 30)
-        return {"pid": pid, "port": self.cfg.port, "url": url, "token": token}
-
-    def _switch(self, proxy: dict, upstream: str) -> None:
-        r = httpx.put(f"{proxy['url']}/_slmops/upstream", json={"upstream": upstream},
-                      headers={"X-Slmops-Token": proxy["token"]}, timeout=10)
-        if r.status_code != 200:
-            raise DeployError(f"proxy refused the switch: HTTP {r.status_code}")
-
-    def _drain(self, proxy: dict, upstream: str) -> None:
-        deadline = time.monotonic() + self.cfg.drain_timeout_s
-        while time.monotonic() < deadline:
-            state = httpx.get(f"{proxy['url']}/_slmops/upstream", headers={"X-Slmops-Token": proxy["token"]},
-                              timeout=10).json()
-            if state["inflight"].get(upstream, 0) <= 0:
-                return
-            time.sleep(0.1)
-        log.warning("old version still had requests in flight after %.0fs; stopping it", self.cfg.drain_timeout_s)
-
-    def deploy(self, release: ModelRelease) -> Deployment:
-        """Blue/green: the old version serves until the new one has passed every check."""
-        name = self.cfg.name or release.name
-        current = self.store.load(name)
-        backend = self._start_backend(release, name)
-        proxy = current.details.get("proxy") if current else None
+        log_file = self._logs(name) / f"proxy-{port}.log"
+        ref = process.start(["-m", "infra.serving.proxy", "--port", str(port), "--upstream", upstream], log_file,
+                            {"SLMOPS_PROXY_TOKEN": token})
+        proxy = ProxyAdmin(process=ref, port=port, url=f"http://127.0.0.1:{port}", token=token, log=str(log_file))
         try:
-            if proxy and process.alive(proxy["pid"]):
-                self._switch(proxy, backend["url"])
+            process.wait_healthy(f"{proxy.url}/ping", ref, log_file, self.cfg.startup_timeout_s)
+            if proxy.upstream() != upstream:  # only our proxy knows the token: it is ours that answers
+                raise DeployError(f"the proxy on port {port} routes elsewhere")
+        except BaseException as exc:
+            process.stop(ref)
+            if isinstance(exc, SlmopsError):
+                raise DeployError(f"could not start the proxy on port {port}: {exc}") from None
+            raise
+        return proxy
+
+    def _deploy(self, release: ModelRelease, name: str, current: Deployment | None) -> Deployment:
+        """Blue/green: the old version serves until the new one has passed every check."""
+        old = self.details(current) if current else None
+        port = self.cfg.port or (old.proxy.port if old else DEFAULT_PORT)
+        reuse = old is not None and old.proxy.port == port and old.proxy.process.alive()
+        if not reuse and not process.port_free(port):
+            raise DeployError(f"port {port} is taken by another program; {self._serving(old)}")
+        backend = self._start_backend(release, name)
+        started = None
+        try:
+            if reuse:
+                proxy = old.proxy
+                proxy.switch(backend.url)
             else:
-                proxy = self._start_proxy(backend["url"], name)
-            self.verify(proxy["url"], release)
-        except SlmopsError as exc:
-            if current and proxy and process.alive(proxy["pid"]):
-                self._switch(proxy, current.details["backend"]["url"])
-            process.stop(backend["pid"])
-            raise DeployError(f"switching to {release.ref} failed; the previous version still serves: {exc}") \
-                from None
-        if current:
-            old = current.details["backend"]
-            self._drain(proxy, old["url"])
-            process.stop(old["pid"])
-        deployment = Deployment(name=name, target="local", release=release, endpoint=f"{proxy['url']}/v1",
+                proxy = started = self._start_proxy(port, backend.url, name)
+            self.verify(proxy.url, release)
+            if reuse:
+                proxy.drain(old.backend.url, self.cfg.drain_timeout_s)
+        except BaseException as exc:  # Ctrl-C too
+            self._undo(old if reuse else None, started, backend)
+            if isinstance(exc, SlmopsError):
+                raise DeployError(f"deploying {release.ref} failed: {exc}; {self._serving(old)}") from None
+            raise
+        deployment = Deployment(name=name, target="local", release=release, endpoint=f"{proxy.url}/v1",
                                 since=now(), previous=current.release if current else None,
-                                details={"backend": backend, "proxy": proxy})
+                                details=LocalDetails(backend=backend, proxy=proxy,
+                                                     api_key_env=self.cfg.api_key_env).model_dump())
         self.store.save(deployment)
+        if old is not None:
+            self._retire(old, keep_proxy=reuse)
         return deployment
 
-    def status(self, name: str | None = None) -> Deployment | None:
-        """The record of ``name`` with ``details.healthy`` checked now."""
-        record = self.store.load(name or self.cfg.name or "")
-        if record is None:
-            return None
+    def _undo(self, switched: LocalDetails | None, started: ProxyAdmin | None, backend: Backend) -> None:
+        """Route the old proxy back to the old version, then stop what this deploy started."""
+        if switched is not None:
+            try:
+                switched.proxy.switch(switched.backend.url)
+            except DeployError as exc:
+                log.warning("could not switch the proxy back to the old version: %s", exc)
+        for ref in (started.process if started else None, backend.process):
+            if ref is not None:
+                process.stop(ref)
+
+    def _retire(self, old: LocalDetails, keep_proxy: bool) -> None:
+        """Stop the old backend, and the old proxy too when the deployment moved to another one."""
+        if not keep_proxy and old.proxy.process.alive():
+            try:
+                old.proxy.drain(old.backend.url, self.cfg.drain_timeout_s)
+            except DeployError as exc:
+                log.warning("old proxy on port %s: %s; stopping it anyway", old.proxy.port, exc)
+            process.stop(old.proxy.process)
+        process.stop(old.backend.process)
+
+    def _serving(self, old: LocalDetails | None) -> str:
+        """What serves now, after a refused deploy (checked, not assumed)."""
+        if old is None:
+            return "nothing was deployed under this name before, and nothing of this deploy is left running"
+        served, problem = served_version(old.proxy.url, old.api_key_env)
+        if served == old.backend.version:
+            return f"the previous version {served} still serves at {old.proxy.url}"
+        return f"version {old.backend.version} at {old.proxy.url} does not serve now ({problem or served}); " \
+               f"see slmops status"
+
+    def probe(self, record: Deployment) -> DeploymentStatus:
+        """Proxy and backend are still our processes, and the stable port serves the recorded version."""
         try:
-            ok = httpx.get(f"{record.details['proxy']['url']}/health", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            ok = False
-        record.details["healthy"] = ok and process.alive(record.details["backend"]["pid"])
-        return record
+            parts = self.details(record)
+        except DeployError as exc:
+            return DeploymentStatus.probed(record, None, str(exc))
+        problems = [f"{part} pid {ref.pid} " + ("exited" if found is Liveness.GONE else "is another program now")
+                    for part, ref in (("proxy", parts.proxy.process), ("backend", parts.backend.process))
+                    if (found := ref.liveness()) is not Liveness.RUNNING]
+        served, problem = served_version(parts.proxy.url, parts.api_key_env)
+        return DeploymentStatus.probed(record, served, "; ".join([*problems, *filter(None, [problem])]) or None,
+                                       parts.backend.log)
 
     def _teardown(self, record: Deployment) -> None:
-        """Stop the backend and the proxy (by their recorded PIDs)."""
-        for part in ("backend", "proxy"):
-            process.stop(record.details[part]["pid"])
+        """Stop the proxy and the backend — each only if it still is the process we started."""
+        try:
+            parts = self.details(record)
+        except DeployError as exc:
+            log.warning("%s; forgetting it", exc)
+            return
+        for ref in (parts.proxy.process, parts.backend.process):
+            process.stop(ref)

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from flows.cli import main
 from registry.history import aliases, history
 from registry.tracking import tracking_uri
 from tasks.config import load_config
@@ -39,8 +40,19 @@ def client(home: Path) -> MlflowClient:
     return MlflowClient(tracking_uri(home))
 
 
+def _latest_state(flow_name: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as prefect:
+        return prefect.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                                      sort=FlowRunSort.START_TIME_DESC, limit=1)[0].state.name
+
+
 def test_pipeline_registers_then_worse_candidate_fails_gate(prefect_harness, tiny_assets: Path, tmp_path: Path,
-                                                             client: MlflowClient) -> None:
+                                                             client: MlflowClient, home: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
     from flows.pipeline import slm_pipeline
 
     # given a first run that passes: version 1 becomes challenger and champion
@@ -54,6 +66,9 @@ def test_pipeline_registers_then_worse_candidate_fails_gate(prefect_harness, tin
     assert float(version.tags["metric.perplexity"]) == pytest.approx(good.report.metrics("onnx-int4")["perplexity"],
                                                                      rel=1e-4)
     assert "## Gate: PASSED" in version.description and "## Quantization" in version.description
+    # the training prompts' profile is stored as the version's drift reference for batch jobs
+    assert version.tags["slmops.profile"] == "profile.json"
+    assert "profile.json" in {a.path for a in client.list_artifacts(good.train.run_id)}
     served = {a.path for a in client.list_artifacts(good.train.run_id, "served")}
     assert "served/genai_config.json" in served
     # the evaluation report reached people: a Prefect table artifact and the PNG plot on the MLflow run
@@ -66,13 +81,26 @@ def test_pipeline_registers_then_worse_candidate_fails_gate(prefect_harness, tin
     # int4 stays within the configured perplexity degradation of its fp32 parent
     assert good.report.metrics("onnx-int4")["perplexity_increase"] <= 0.10
 
+    # when the identical config runs again through the CLI, the same model is not registered twice, and the
+    # champion it is compared with is downloaded once into the per-version cache (no temp folder left behind)
+    assert main(["run", "--config", str(_config(tiny_assets, tmp_path, "tiny-gated"))]) == 0
+    assert "version 1 already holds this exact model: reused" in capsys.readouterr().out
+    assert [str(v.version) for v in client.search_model_versions("name='tiny-gated'")] == ["1"]
+    assert [e["version"] for e in history(client, "tiny-gated")] == ["1", "1"], "no alias moved again"
+    cached = home / "cache" / "registry" / "tiny-gated" / "1"
+    assert (cached / "served" / "genai_config.json").is_file() and sorted(p.name for p in cached.iterdir()) == [
+        "served"]
+    assert not list(home.glob("champion-*"))
+
     # when a much worse candidate (no distillation, one LoRA step) runs against that champion
-    worse = slm_pipeline(load_config(_config(tiny_assets, tmp_path, "tiny-gated", distill={"enabled": False},
-                                             finetune={"steps": 1})), return_state=True)
-    # then the flow ends GateFailed with the reason, the champion was re-scored on the same data in this run,
-    # and no alias moved
-    assert worse.is_failed() and worse.name == "GateFailed"
-    assert "vs_champion <= perplexity" in worse.message
+    worse = _config(tiny_assets, tmp_path, "tiny-gated", distill={"enabled": False}, finetune={"steps": 1})
+    code = main(["run", "--config", str(worse)])
+    # then `slmops run` exits 3 with the reason, the flow ended GateFailed, the champion was re-scored on the same
+    # data in this run, and no alias moved
+    err = capsys.readouterr().err
+    assert code == 3 and "gate failed; aliases unchanged: FAILED: vs_champion <= perplexity" in err
+    assert "Traceback" not in err
+    assert _latest_state("slm_pipeline") == "GateFailed"
     assert aliases(client, "tiny-gated") == {"challenger": "1", "champion": "1"}
     assert [e["version"] for e in history(client, "tiny-gated")] == ["1", "1"]
     runs = client.search_runs([client.get_experiment_by_name("slmops").experiment_id],

@@ -53,13 +53,40 @@ def test_train_flow_logs_everything_to_mlflow(prefect_harness, tiny_config: Path
     assert run.info.artifact_uri.startswith("file:///")
 
 
+def _task_states_of_latest_run(flow_name: str) -> dict[str, str]:
+    """Task name → state name of the latest run of ``flow_name``, read back from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                                    sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    return {t.name.rsplit("-", 1)[0]: t.state.name for t in tasks}
+
+
 def test_cli_train_reuses_cached_steps(prefect_harness, tiny_config: Path,
                                        capsys: pytest.CaptureFixture) -> None:
     from flows.train import train
 
     first = train(load_config(tiny_config))
-    # when the same config runs again through the CLI, the digest-keyed cache answers the training steps
+    # when the same config runs again through the CLI
     assert main(["train", "--config", str(tiny_config)]) == 0
     out = capsys.readouterr().out
     assert f"model: {first.model.path}" in out
     assert "exact match (lora)" in out
+    # then Prefect answered every training step from its cache: those tasks did not run again
+    states = _task_states_of_latest_run("train")
+    assert {states[name] for name in ("distill", "finetune-lora", "merge")} == {"Cached"}, states
+
+
+def test_a_changed_setting_retrains(prefect_harness, tiny_config: Path) -> None:
+    from flows.train import train
+
+    train(load_config(tiny_config))
+    # when only the LoRA rank changes, distillation is reused but fine-tuning runs again
+    train(load_config(tiny_config, ["finetune.r=2"]))
+    states = _task_states_of_latest_run("train")
+    assert states["distill"] == "Cached"
+    assert states["finetune-lora"] == "Completed" and states["merge"] == "Completed"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from infra.targets.base import DeployError
 from infra.targets.config import FoundryTargetConfig
 from infra.targets.foundry import FoundryTarget
 from tasks.records import ModelRelease
@@ -21,7 +24,8 @@ def test_foundry_registers_loads_and_chats(tiny_onnx: Path, tmp_path: Path) -> N
     assert inference["PromptTemplate"]["prompt"] == "<|im_start|>user\n{Content}<|im_end|>\n<|im_start|>assistant\n"
     assert inference["PromptTemplate"]["assistant"] == "<|im_start|>assistant\n{Content}<|im_end|>\n"
     assert first.details["golden_answer"].strip()
-    assert target.status("tiny-slm").details["registered"]
+    status = target.status("tiny-slm")
+    assert (status.state, status.recorded_version, status.served_version) == ("up", "1", "1")
 
     second = target.deploy(ModelRelease(name="tiny-slm", version="2", onnx_dir=str(tiny_onnx)))
     ids = [v.id for m in target.catalog().list_models() for v in m.variants]
@@ -31,3 +35,33 @@ def test_foundry_registers_loads_and_chats(tiny_onnx: Path, tmp_path: Path) -> N
     assert loaded == ["tiny-slm:2"]
     target.undeploy("tiny-slm")
     assert target.catalog().list_models() == [] and target.status("tiny-slm") is None
+
+
+def test_foundry_redeploy_of_the_live_version_touches_it_only_after_the_new_copy_passed(tiny_onnx: Path,
+                                                                                       tmp_path: Path) -> None:
+    target = FoundryTarget(FoundryTargetConfig(golden_max_tokens=8), tmp_path)
+    v1 = ModelRelease(name="tiny-slm", version="1", onnx_dir=str(tiny_onnx))
+    live = target.deploy(v1)
+    folder = Path(live.details["folder"])
+
+    strict = FoundryTarget(target.cfg.model_copy(update={"golden_expect": "never said"}), tmp_path)
+    with pytest.raises(DeployError, match="could not serve tiny-slm:1; what served before is untouched"):
+        strict.deploy(v1)
+    ids = [v.id for m in target.catalog().list_models() for v in m.variants]
+    assert ids == ["tiny-slm:1"] and (folder / "genai_config.json").is_file()
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["tiny-slm-1"], "the trial copy is gone"
+    model = target.catalog().get_model_variant("tiny-slm:1")
+    assert model.is_loaded and target.chat(model, "Reverse: a b c").strip(), "the live model still answers"
+
+    again = target.deploy(v1)  # a passing redeploy of the same version replaces it in place
+    assert [v.id for m in target.catalog().list_models() for v in m.variants] == ["tiny-slm:1"]
+    assert Path(again.details["folder"]) == folder and sorted(p.name for p in folder.parent.iterdir()) == \
+        ["tiny-slm-1"]
+    assert target.status("tiny-slm").state == "up"
+
+    target.catalog().get_model_variant("tiny-slm:1").unload()  # removed behind our back: status says down
+    target.catalog().unregister_model("tiny-slm:1")
+    status = target.status("tiny-slm")
+    assert (status.state, status.served_version) == ("down", None) and "not registered" in status.problem
+    target.undeploy("tiny-slm")
+    assert not folder.exists() and target.status("tiny-slm") is None

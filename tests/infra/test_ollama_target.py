@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -18,25 +22,54 @@ from tasks.records import ModelRelease
 
 @pytest.fixture(scope="module")
 def gguf(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    from tasks.gguf import build_gguf
     from tasks.inputs import describe_model
+    from tasks.quantize.gguf import build_gguf
 
     built = build_gguf(describe_model(str(tiny_assets / "teacher")), ["f16"], tmp_path_factory.mktemp("gguf"))
     return {"f16": built[0].path}
 
 
-def test_go_template_matches_the_chat_template(tiny_onnx: Path) -> None:
+LLAMA3_STYLE = (
+    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + "
+    "m['content'] + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+
+
+def render_with_go(template: str, messages: list[dict[str, str]], tmp_path: Path) -> str:
+    """Render an Ollama TEMPLATE with Go's own text/template (tests/fixtures/gotemplate/main.go)."""
+    go = shutil.which("go")
+    if go is None:
+        if os.environ.get("CI"):
+            pytest.fail("Go is missing: the README's test set-up installs golang-go")
+        pytest.skip("Go (golang-go) is not installed here; CI installs it")
+    program = Path(__file__).resolve().parents[1] / "fixtures" / "gotemplate" / "main.go"
+    env = {**os.environ, "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"),
+           "GOFLAGS": "-mod=mod", "GO111MODULE": "off", "GOTOOLCHAIN": "local"}
+    proc = subprocess.run([go, "run", str(program)], input=json.dumps({"template": template, "messages": messages}),
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("chat_template", [None, LLAMA3_STYLE], ids=["chatml", "llama3-style"])
+def test_go_template_renders_like_the_chat_template_in_go(tiny_onnx: Path, tmp_path: Path,
+                                                          chat_template: str | None) -> None:
     from transformers import AutoTokenizer
 
-    from tests.fixtures.ollama_server import render
-
-    template, stops = go_template(tiny_onnx)
-    tok = AutoTokenizer.from_pretrained(str(tiny_onnx))
+    # given the model's tokenizer (ChatML) or the same tokenizer with another family's template
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_onnx, model_dir)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    if chat_template:
+        tok.chat_template = chat_template
+        tok.save_pretrained(model_dir)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Reverse: a b"},
                 {"role": "assistant", "content": "b a"}, {"role": "user", "content": "Uppercase: c"}]
+    template, stops = go_template(model_dir)
+    # when Go's text/template renders the derived TEMPLATE, it equals the Jinja chat template's prompt
     expected = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert render(template, {"messages": messages}) == expected
-    assert "<|im_end|>" in stops
+    assert render_with_go(template, messages, tmp_path) == expected
+    assert tok.eos_token in stops
 
 
 def test_ollama_deploy_verify_replace_and_undeploy(ollama_server, tiny_onnx: Path, gguf, tmp_path: Path) -> None:
@@ -67,9 +100,23 @@ def test_ollama_deploy_verify_replace_and_undeploy(ollama_server, tiny_onnx: Pat
     with pytest.raises(DeployError, match=r"has no GGUF of types .*it has none"):
         target.deploy(ModelRelease(name="tiny-slm", version="4", onnx_dir=str(tiny_onnx)))
 
-    assert target.status("tiny-slm").details["present"]
+    status = target.status("tiny-slm")
+    assert (status.state, status.recorded_version, status.served_version) == ("up", "2", "2")
     target.undeploy("tiny-slm")
-    assert client.list().models == []
+    assert client.list().models == [] and target.status("tiny-slm") is None
+
+
+def test_ollama_status_sees_a_model_deleted_behind_our_back(ollama_server, tiny_onnx: Path, gguf,
+                                                            tmp_path: Path) -> None:
+    target = OllamaTarget(OllamaTargetConfig(host=ollama_server.url, golden_max_tokens=8), tmp_path)
+    target.deploy(ModelRelease(name="tiny-slm", version="1", onnx_dir=str(tiny_onnx), gguf=gguf))
+    ollama.Client(host=ollama_server.url).delete("tiny-slm:v1")
+    # probed from the record (its host), not from the config: a default config finds it too
+    [status] = OllamaTarget(OllamaTargetConfig(), tmp_path).statuses()
+    assert (status.state, status.served_version) == ("down", None)
+    assert status.problem == f"tiny-slm:v1 is not on the Ollama server at {ollama_server.url}"
+    target.undeploy("tiny-slm")  # nothing left to delete: the record is forgotten all the same
+    assert target.status("tiny-slm") is None
 
 
 def test_blob_digest_is_checked(ollama_server, gguf) -> None:

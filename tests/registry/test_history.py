@@ -63,3 +63,30 @@ def test_cli_promote_rollback(client: MlflowClient, capsys: pytest.CaptureFixtur
     assert "unknown registered model 'ghost'" in capsys.readouterr().err
     assert main(["models", "m"]) == 0
     assert "aliases: champion=1" in capsys.readouterr().out
+
+
+def test_concurrent_promotes_never_lose_an_entry_and_the_alias_follows_the_last(client: MlflowClient,
+                                                                                  tmp_path: Path) -> None:
+    import concurrent.futures as cf
+    import threading
+
+    # given eight versions and eight writers promoting one each at the same moment
+    src = tmp_path / "model"
+    for _ in range(5):
+        client.create_model_version("m", source=str(src))
+    start = threading.Barrier(8)
+
+    def promote(version: str) -> dict:
+        start.wait(timeout=30)
+        return move_alias(client, "m", "champion", version, reason=f"writer {version}")
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        entries = list(pool.map(promote, [str(v) for v in range(1, 9)]))
+    # then the history holds eight distinct entries, one per writer, and the alias is the last entry's version
+    recorded = history(client, "m")
+    assert len(recorded) == 8 and len({e["id"] for e in recorded}) == 8
+    assert sorted(e["version"] for e in recorded) == [str(v) for v in range(1, 9)]
+    assert aliases(client, "m")["champion"] == recorded[-1]["version"]
+    # and each writer got back its own entry, with the version the alias held just before it in the history
+    assert {e["id"] for e in entries} == {e["id"] for e in recorded}
+    assert [e["previous"] for e in recorded] == [None, *[e["version"] for e in recorded[:-1]]]

@@ -47,6 +47,17 @@ def test_demo_config_loads_and_overrides_apply(config_file: Path) -> None:
         (["distill.enabled=false", "finetune.enabled=false"], "nothing to train"),
         (["distill.steps"], "--set expects dotted.key=value"),
         (["distill.steps.x=1"], "--set distill.steps.x: 'steps' is a value, not a section"),
+        (["gate.min={exactmatch: 0.5}"], "gate.min: Value error, unknown metric(s) ['exactmatch']; known: perplexity"),
+        (["gate.max={latency_ms: 5}"], "gate.max: Value error, unknown metric(s) ['latency_ms']"),
+        (["gate.max_degradation={perplexity: 0.1}"],
+         "gate.max_degradation: Value error, unknown degradation metric(s) ['perplexity']; known: "
+         "perplexity_increase, exact_match_drop"),
+        (["gate.vs_champion=[accuracy]"], "gate.vs_champion: Value error, unknown metric(s) ['accuracy']"),
+        (["quantize.served=onnx-int8", "quantize.onnx=[int4]"],
+         "quantize: Value error, served 'onnx-int8' is not an ONNX artifact this config builds; built and "
+         "servable: ['onnx-int4']"),
+        (["quantize.served=gguf-Q4_0", "quantize.gguf=[Q4_0]"], "served 'gguf-Q4_0' is not an ONNX artifact"),
+        (["quantize.onnx=[]"], "built and servable: none (quantize.onnx is empty)"),
     ],
 )
 def test_invalid_config_names_the_key(config_file: Path, overrides: list[str], expected: str) -> None:

@@ -1,0 +1,1 @@
+"""The local platform: ``slmops up``/``down`` (Prefect server, MLflow server, webhook receiver, worker) and bindings."""

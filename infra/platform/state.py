@@ -1,0 +1,85 @@
+"""What ``slmops up`` started, where it listens and how to reach it: ``$SLMOPS_HOME/platform.json`` (0600)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import httpx
+from pydantic import BaseModel, Field
+
+from infra.process import ProcessRef
+
+SERVICES = ("prefect", "mlflow", "receiver", "worker")
+
+
+class Service(BaseModel):
+    """One managed process of the platform."""
+
+    name: str
+    url: str = Field("", description="Base URL (empty for the worker, which listens nowhere).")
+    health: str = Field("", description="URL answering 200 while the service is healthy.")
+    process: ProcessRef
+    log: str
+
+
+class PlatformState(BaseModel):
+    """The running platform, written by ``slmops up`` and read by every other command."""
+
+    home: str
+    database: str = Field(description="'sqlite' or the PostgreSQL server URL (without password), for display.")
+    database_url: str | None = Field(None, description="The --database URL (None: sqlite), to restart alike.")
+    prefect_api_url: str
+    mlflow_uri: str
+    receiver_url: str
+    bindings: str = Field(description="Absolute path of the bindings file the platform follows.")
+    repo: str = Field(description="Source checkout the worker runs flows from (prefect.yaml's directory).")
+    started_at: str
+    services: dict[str, Service] = Field(default_factory=dict)
+
+
+def state_path(home: Path) -> Path:
+    """``$SLMOPS_HOME/platform.json``."""
+    return Path(home) / "platform.json"
+
+
+def load_state(home: Path) -> PlatformState | None:
+    """The recorded platform, or None when ``slmops up`` has not run (or ``down`` forgot it)."""
+    path = state_path(home)
+    return PlatformState.model_validate_json(path.read_text()) if path.is_file() else None
+
+
+def save_state(state: PlatformState) -> None:
+    """Write platform.json atomically, private from creation."""
+    path = state_path(Path(state.home))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".platform-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(state.model_dump_json(indent=2))
+    os.replace(tmp, path)
+
+
+def forget_state(home: Path) -> None:
+    """Remove platform.json."""
+    state_path(home).unlink(missing_ok=True)
+
+
+def probe(service: Service, timeout_s: float = 2.0) -> str:
+    """``up`` (process running and healthy), ``unhealthy`` (running, not answering) or ``down``."""
+    if not service.process.alive():
+        return "down"
+    if not service.health:
+        return "up"
+    try:
+        return "up" if httpx.get(service.health, timeout=timeout_s).status_code == 200 else "unhealthy"
+    except httpx.HTTPError:
+        return "unhealthy"
+
+
+def platform_environment(home: Path) -> dict[str, str]:
+    """``PREFECT_API_URL``/``MLFLOW_TRACKING_URI`` of the recorded platform (empty when none is recorded)."""
+    state = load_state(home)
+    if state is None:
+        return {}
+    return {"PREFECT_API_URL": state.prefect_api_url, "MLFLOW_TRACKING_URI": state.mlflow_uri,
+            "SLMOPS_BINDINGS": state.bindings}

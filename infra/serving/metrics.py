@@ -1,0 +1,49 @@
+"""Prometheus metrics of one server; endpoint labels are route templates, never raw paths."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from infra.serving.protocol import GenerationEngine
+
+UNMATCHED = "unmatched"  # the endpoint label of requests no route matches (404s)
+
+
+class Metrics:
+    """Request, token and engine metrics in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("slmops_requests_total", "Requests by route template and status",
+                                ["endpoint", "status"], registry=self.registry)
+        self.tokens = Counter("slmops_tokens_total", "Tokens of finished requests", ["kind"], registry=self.registry)
+        self.latency = Histogram("slmops_request_latency_seconds", "Request latency by route template",
+                                 ["endpoint"], registry=self.registry)
+        self.ttft = Histogram("slmops_time_to_first_token_seconds", "Time to first token", registry=self.registry)
+        self.batch_size = Histogram("slmops_batch_size", "Requests per engine batch",
+                                    buckets=(1, 2, 4, 8, 16, 32), registry=self.registry)
+        self.queue_depth = Gauge("slmops_queue_depth", "Requests waiting for the engine", registry=self.registry)
+
+    def watch(self, engine: GenerationEngine) -> None:
+        """Export ``engine``'s queue depth, batch sizes and counters."""
+        self.queue_depth.set_function(engine.queue_depth)
+        if hasattr(engine, "on_batch"):
+            engine.on_batch = self.batch_size.observe
+        self.registry.register(_EngineCollector(engine))
+
+
+class _EngineCollector(Collector):
+    def __init__(self, engine: GenerationEngine):
+        self.engine = engine
+
+    def collect(self) -> Iterator:
+        stats = self.engine.stats
+        yield CounterMetricFamily("slmops_engine_batches", "Batches the engine ran", value=stats.batches)
+        yield CounterMetricFamily("slmops_engine_tokens", "Tokens decoded for live rows", value=stats.tokens)
+        yield CounterMetricFamily("slmops_engine_cancelled", "Requests dropped because their client went away",
+                                  value=stats.cancelled)
+        yield GaugeMetricFamily("slmops_engine_active_rows", "Rows in the running batch", value=stats.active)

@@ -1,0 +1,96 @@
+"""``BatchConfig``: generation, error budget, drift thresholds and the executor of one batch transform."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from tasks.config import StageConfig, format_validation_error, parse_overrides
+from tasks.config import _set_dotted as set_dotted
+from tasks.errors import ConfigError
+
+
+class GenerationSettings(StageConfig):
+    """How every record is answered."""
+
+    max_new_tokens: int = Field(64, gt=0, description="Tokens generated per record at most (less where the "
+                                "prompt leaves less room in the context window); a cut answer has finish_reason "
+                                "'length'.")
+    temperature: float = Field(0.0, ge=0, le=2, description="0 is greedy (reproducible); above 0 samples.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (only when temperature > 0).")
+    seed: int = Field(0, ge=0, description="Random seed for sampling.")
+
+
+class DriftConfig(StageConfig):
+    """Input drift against the model version's training-prompt profile (PSI per feature)."""
+
+    enabled: bool = Field(True, description="Profile the input and compare it with the version's reference.")
+    warn: float = Field(0.1, ge=0, description="PSI at or above which a feature is reported as drifting.")
+    fail: float | None = Field(0.25, ge=0, description="PSI at or above which the job fails before generating "
+                               "(null: never fail, only warn).")
+    min_rows: int = Field(50, ge=1, description="Inputs with fewer valid rows are profiled and reported, but "
+                          "never warn or fail (PSI on a few rows is noise).")
+
+    @model_validator(mode="after")
+    def _order(self) -> DriftConfig:
+        if self.fail is not None and self.fail < self.warn:
+            raise ValueError(f"drift.fail ({self.fail}) is below drift.warn ({self.warn})")
+        return self
+
+
+class OutputChecks(StageConfig):
+    """Checks on the generated answers; over a share, the run logs a warning and the report flags it."""
+
+    warn_empty_share: float = Field(0.0, ge=0, le=1, description="Share of empty answers above which to warn.")
+    warn_truncated_share: float = Field(0.1, ge=0, le=1, description="Share of answers cut by the length limit "
+                                        "(finish_reason 'length') above which to warn.")
+
+
+class LocalExecutorConfig(StageConfig):
+    """Batched onnxruntime-genai generation in this process (requests sorted by prompt length)."""
+
+    type: Literal["local"] = "local"
+    batch_size: int = Field(16, ge=1, le=32, description="Records decoded together (onnxruntime-genai 0.18 takes "
+                            "at most 32 rows per generator).")
+    threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads (default: SLMOPS_THREADS, "
+                                "else all cores).")
+
+
+ExecutorConfig = Annotated[LocalExecutorConfig, Field(discriminator="type")]
+
+
+class BatchConfig(StageConfig):
+    """One batch transform: MODEL_REF over an input JSONL into committed output parts."""
+
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    max_error_rate: float = Field(0.05, ge=0, le=1, description="Largest share of input rows that may be "
+                                  "malformed (or not fit the model) before the job fails; the rest are processed "
+                                  "and the bad ones listed in errors.jsonl.")
+    part_size: int = Field(256, ge=1, description="Records per committed output part: the unit of resume.")
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    checks: OutputChecks = Field(default_factory=OutputChecks)
+    executor: ExecutorConfig = Field(default_factory=LocalExecutorConfig,
+                                     description="Where generation runs: local (this process).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_executor_type(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("executor"), dict) and "type" not in raw["executor"]:
+            raw = {**raw, "executor": {"type": "local", **raw["executor"]}}
+        return raw
+
+    def output_key(self) -> dict[str, Any]:
+        """The settings that change what the output holds (a resumed run must use the same)."""
+        return {"generation": self.generation.model_dump(), "part_size": self.part_size}
+
+
+def batch_config(overrides: list[str]) -> BatchConfig:
+    """``BatchConfig`` from ``--set key=value`` pairs, or a ConfigError naming every bad key."""
+    raw: dict[str, Any] = {}
+    for key, value in parse_overrides(overrides):
+        set_dotted(raw, key, value)
+    try:
+        return BatchConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "batch --set options")) from None

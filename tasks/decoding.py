@@ -1,0 +1,102 @@
+"""Static-batch decoding with onnxruntime-genai: right-padded prompts stepped together, each row stopped on its own.
+
+One place that pads a batch and steps an ``og.Generator``: the batch transform uses ``decode_batch``; a serving
+engine that streams tokens can drive ``start_batch`` and ``next_tokens`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings shared by every row of one batch; temperature 0 is greedy."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class Decoded:
+    """One row's generated tokens (end-of-sequence not included) and why it stopped: ``stop`` or ``length``."""
+
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str = "length"
+
+
+class OgModel:
+    """An onnxruntime-genai model folder: the model, its context window, end-of-sequence and pad ids."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime_genai as og
+
+        self.og, self.path = og, Path(path)
+        genai = json.loads((self.path / "genai_config.json").read_text())["model"]
+        self.context_length = int(genai["context_length"])
+        self.eos_ids = set(np.atleast_1d(genai["eos_token_id"]).tolist())
+        # onnxruntime-genai masks the model's own pad id and derives each row's length from it
+        self.pad_id = int(genai.get("pad_token_id", min(self.eos_ids)))
+        config = og.Config(str(self.path))
+        if threads:
+            options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        self.model = og.Model(config)
+
+
+def start_batch(m: OgModel, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling) -> Any:
+    """An ``og.Generator`` holding ``prompts`` right-padded with the model's pad id, ready to step.
+
+    Right padding: onnxruntime-genai (0.18) finds each row's length from the pad id; left-padded rows decode
+    garbage.
+    """
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), m.pad_id, dtype=np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, : len(p)] = p
+    options: dict[str, Any] = dict(max_length=min(width + max_new_tokens, m.context_length),
+                                   batch_size=len(prompts), do_sample=sampling.temperature > 0)
+    if sampling.temperature > 0:
+        options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+    if sampling.seed is not None:
+        options["random_seed"] = sampling.seed % 2**31  # a non-negative int32
+    params = m.og.GeneratorParams(m.model)
+    params.set_search_options(**options)
+    generator = m.og.Generator(m.model, params)
+    generator.append_tokens(ids)
+    return generator
+
+
+def next_tokens(generator: Any) -> Iterator[np.ndarray]:
+    """Each step's next token of every row, until the generator is done (the caller may stop earlier)."""
+    while not generator.is_done():
+        generator.generate_next_token()
+        yield generator.get_next_tokens()
+
+
+def decode_batch(m: OgModel, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int],
+                 sampling: Sampling = Sampling()) -> list[Decoded]:
+    """Generate for every prompt at once; row ``i`` stops at end-of-sequence or after ``max_new_tokens[i]``."""
+    rows = [Decoded() for _ in prompts]
+    done = [n <= 0 for n in max_new_tokens]
+    generator = start_batch(m, prompts, max(max_new_tokens), sampling)
+    for step in next_tokens(generator):
+        for i, row in enumerate(rows):
+            if done[i]:
+                continue
+            token = int(step[i])
+            if token in m.eos_ids:
+                row.finish_reason, done[i] = "stop", True
+                continue
+            row.tokens.append(token)
+            done[i] = len(row.tokens) >= max_new_tokens[i]
+        if all(done):
+            break
+    return rows

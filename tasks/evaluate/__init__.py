@@ -1,0 +1,1 @@
+"""Evaluation: one runner interface over every model format, scoring, the quality gate and the report."""

@@ -1,0 +1,172 @@
+"""One interface over a model in any format: token log-likelihoods and timed greedy generation.
+
+``HfRunner`` wraps transformers (the fp32 parent); ``OnnxRunner`` wraps an onnxruntime-genai folder
+(onnxruntime session for full-sequence logits, onnxruntime-genai generator for decoding); ``GgufRunner`` wraps
+a GGUF file in llama.cpp (the ``gguf`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from tasks.data.chat import IGNORE_INDEX
+from tasks.modeling import load_model, load_tokenizer
+from tasks.records import Generation
+
+
+class Runner(Protocol):
+    """What evaluation needs from a model."""
+
+    def nll(self, ids: list[int], labels: list[int]) -> tuple[float, int]:
+        """Summed negative log-likelihood of the labelled tokens, and their count."""
+
+    def generate(self, prompt: list[int], max_new_tokens: int, min_new_tokens: int = 0) -> Generation:
+        """Greedy continuation of ``prompt``."""
+
+
+def nll_from_logits(logits: np.ndarray, ids: list[int], labels: list[int]) -> tuple[float, int]:
+    """Summed NLL of the labelled tokens given per-position logits (shared by every runner)."""
+    target = np.asarray(labels[1:])
+    keep = target != IGNORE_INDEX
+    logits = logits[:-1][keep].astype(np.float64)
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    picked = logits[np.arange(len(logits)), target[keep]]
+    return float((logz - picked).sum()), int(keep.sum())
+
+
+class HfRunner:
+    """A transformers causal LM in fp32 on CPU (or the chosen device)."""
+
+    def __init__(self, path: str, device: torch.device | None = None):
+        self.model = load_model(path, device).eval()
+        self.tokenizer = load_tokenizer(path)
+        self.device = next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def nll(self, ids: list[int], labels: list[int]) -> tuple[float, int]:
+        logits = self.model(torch.tensor([ids], device=self.device)).logits[0].float().cpu().numpy()
+        return nll_from_logits(logits, ids, labels)
+
+    @torch.no_grad()
+    def generate(self, prompt: list[int], max_new_tokens: int, min_new_tokens: int = 0) -> Generation:
+        ids = torch.tensor([prompt], device=self.device)
+        kw = dict(do_sample=False, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+        start = time.perf_counter()
+        self.model.generate(ids, max_new_tokens=1, **kw)
+        ttft = time.perf_counter() - start
+        start = time.perf_counter()
+        out = self.model.generate(ids, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, **kw)
+        total = time.perf_counter() - start
+        tokens = out[0, len(prompt):].tolist()
+        if tokens and tokens[-1] == self.tokenizer.eos_token_id:
+            tokens = tokens[:-1]
+        return Generation(tokens, ttft, total)
+
+
+class OnnxRunner:
+    """An onnxruntime-genai model folder (as written by the model builder or Olive)."""
+
+    def __init__(self, path: str, threads: int | None = None):
+        import onnxruntime as ort
+        import onnxruntime_genai as og
+
+        self.path = Path(path)
+        config = json.loads((self.path / "genai_config.json").read_text())["model"]
+        decoder = config["decoder"]
+        self.eos = config["eos_token_id"]
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(self.path / decoder["filename"]), options,
+                                            providers=["CPUExecutionProvider"])
+        self._inputs = {i.name: i for i in self.session.get_inputs()}
+        self._kv_shape = (decoder["num_key_value_heads"], decoder["head_size"])
+        self.model = og.Model(str(self.path))
+        self._og = og
+
+    def _empty_past(self, name: str) -> np.ndarray:
+        dtype = np.float16 if "float16" in self._inputs[name].type else np.float32
+        return np.zeros((1, self._kv_shape[0], 0, self._kv_shape[1]), dtype=dtype)
+
+    def nll(self, ids: list[int], labels: list[int]) -> tuple[float, int]:
+        arr = np.asarray([ids], dtype=np.int64)
+        feed: dict[str, Any] = {"input_ids": arr, "attention_mask": np.ones_like(arr)}
+        for name in self._inputs:
+            if name.startswith("past_key_values"):
+                feed[name] = self._empty_past(name)
+            elif name == "position_ids":
+                feed[name] = np.arange(arr.shape[1], dtype=np.int64)[None]
+        logits = self.session.run(["logits"], feed)[0][0]
+        return nll_from_logits(logits.astype(np.float32), ids, labels)
+
+    def generate(self, prompt: list[int], max_new_tokens: int, min_new_tokens: int = 0) -> Generation:
+        og = self._og
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(prompt) + max_new_tokens, min_length=len(prompt) + min_new_tokens,
+                                  do_sample=False, batch_size=1)
+        start = time.perf_counter()
+        generator = og.Generator(self.model, params)
+        generator.append_tokens(prompt)
+        tokens: list[int] = []
+        ttft = 0.0
+        while not generator.is_done():
+            generator.generate_next_token()
+            tokens.append(int(generator.get_next_tokens()[0]))
+            if len(tokens) == 1:
+                ttft = time.perf_counter() - start
+        total = time.perf_counter() - start
+        if tokens and tokens[-1] == self.eos:
+            tokens = tokens[:-1]
+        return Generation(tokens, ttft, total)
+
+
+class GgufRunner:
+    """A GGUF file in llama.cpp (through llama-cpp-python)."""
+
+    def __init__(self, path: str, threads: int | None = None, n_ctx: int = 512):
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=path, n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=threads,
+                         n_batch=n_ctx)
+        self.eos = self.llm.token_eos()
+
+    def nll(self, ids: list[int], labels: list[int]) -> tuple[float, int]:
+        self.llm.reset()
+        self.llm.eval(ids)
+        return nll_from_logits(self.llm.scores[: len(ids)].copy(), ids, labels)
+
+    def generate(self, prompt: list[int], max_new_tokens: int, min_new_tokens: int = 0) -> Generation:
+        self.llm.reset()
+        start = time.perf_counter()
+        self.llm.eval(prompt)
+        tokens: list[int] = []
+        ttft = 0.0
+        while len(tokens) < max_new_tokens:
+            logits = self.llm.scores[self.llm.n_tokens - 1].copy()
+            if len(tokens) < min_new_tokens:
+                logits[self.eos] = -np.inf
+            token = int(np.argmax(logits))
+            if not tokens:
+                ttft = time.perf_counter() - start
+            if token == self.eos:
+                break
+            tokens.append(token)
+            self.llm.eval([token])
+        return Generation(tokens, ttft, time.perf_counter() - start)
+
+
+def open_runner(kind: str, path: str, threads: int | None = None) -> Runner:
+    """A runner for an artifact kind: ``hf``, ``onnx`` or ``gguf``."""
+    if kind == "hf":
+        return HfRunner(path)
+    if kind == "onnx":
+        return OnnxRunner(path, threads)
+    if kind == "gguf":
+        return GgufRunner(path, threads)
+    raise ValueError(f"no runner for artifact kind {kind!r}")

@@ -1,0 +1,118 @@
+"""Evaluate the fp32 parent, every quantized artifact and the champion on the same data in one run."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from pydantic import BaseModel
+
+from tasks.config import EvalConfig
+from tasks.data.chat import prompt_ids, render_ids
+from tasks.data.prepare import encode_split, read_prepared, read_prepared_rows
+from tasks.errors import ConfigError, DatasetError
+from tasks.evaluate.metrics import is_exact_match, perplexity
+from tasks.evaluate.runners import open_runner
+from tasks.modeling import apply_threads, load_tokenizer
+from tasks.progress import Progress
+from tasks.quantize.tools import disk_size
+from tasks.records import Artifact, ModelDir, PreparedData
+
+PARENT = "fp32-parent"
+CHAMPION = "champion"
+
+
+class ArtifactScore(BaseModel):
+    """Metrics of one scored model."""
+
+    name: str
+    kind: str
+    path: str
+    metrics: dict[str, float]
+
+
+class EvalReport(BaseModel):
+    """Every artifact's metrics, plus degradation against the fp32 parent."""
+
+    data_digest: str
+    scores: list[ArtifactScore]
+
+    def metrics(self, name: str) -> dict[str, float]:
+        """Metrics of the artifact called ``name`` (KeyError listing the names when absent)."""
+        for score in self.scores:
+            if score.name == name:
+                return score.metrics
+        raise KeyError(f"no artifact {name!r} in the report; have {[s.name for s in self.scores]}")
+
+
+def heldout_examples(tokenizer: Any, data: PreparedData, cfg: EvalConfig,
+                     max_length: int) -> list[tuple[list[int], list[int]]]:
+    """Token ids of the held-out passages (every token scored); a passage over ``max_length`` is an error."""
+    if cfg.heldout_text:
+        source = cfg.heldout_text
+        if not Path(source).is_file():
+            raise ConfigError(f"evaluate.heldout_text: file not found: {source}")
+        lines = enumerate(Path(source).read_text(encoding="utf-8").splitlines(), start=1)
+        encoded = [(n, tokenizer(line, add_special_tokens=False)["input_ids"]) for n, line in lines if line.strip()]
+    else:
+        split = "validation" if data.validation else "test"
+        source = data.sources.get(split) or getattr(data, split)
+        encoded = [(n, render_ids(tokenizer, m, add_generation_prompt=False))
+                   for n, m in read_prepared_rows(getattr(data, split))]
+    encoded = encoded[: cfg.limit]
+    too_long = [f"{source}:{n}: {len(ids)} tokens > data.max_length {max_length}"
+                for n, ids in encoded if len(ids) > max_length]
+    if too_long:
+        raise DatasetError(source, too_long)
+    return [(ids, ids) for _, ids in encoded]
+
+
+def score(name: str, kind: str, path: str, tokenizer_path: str, data: PreparedData, cfg: EvalConfig,
+          max_length: int) -> ArtifactScore:
+    """Perplexity (test answers, held-out text), exact match, latency and size of one model."""
+    tokenizer = load_tokenizer(tokenizer_path)
+    runner = open_runner(kind, path, cfg.threads)
+    conversations = read_prepared(data.test)[: cfg.limit]
+    test = encode_split(tokenizer, data.test, max_length, data.sources.get("test"))[: cfg.limit]
+    hits = 0
+    with Progress(len(conversations), f"evaluate {name}") as progress:
+        for conv in conversations:
+            gen = runner.generate(prompt_ids(tokenizer, conv), cfg.max_new_tokens)
+            hits += is_exact_match(tokenizer.decode(gen.tokens, skip_special_tokens=True), conv[-1]["content"])
+            progress.update()
+    timings = [runner.generate(prompt_ids(tokenizer, conversations[i % len(conversations)]), cfg.latency_new_tokens,
+                               cfg.latency_new_tokens) for i in range(cfg.latency_requests)]
+    decode = [(len(t.tokens) - 1) / max(t.total_s - t.ttft_s, 1e-9) for t in timings]
+    totals = sorted(t.total_s for t in timings)
+    metrics = {
+        "perplexity": perplexity(runner, test),
+        "perplexity_heldout": perplexity(runner, heldout_examples(tokenizer, data, cfg, max_length)),
+        "exact_match": hits / max(len(conversations), 1),
+        "ttft_ms": 1000 * statistics.median(t.ttft_s for t in timings),
+        "decode_tokens_per_s": statistics.median(decode),
+        "latency_p50_ms": 1000 * statistics.median(totals),
+        "latency_p95_ms": 1000 * totals[min(len(totals) - 1, math.ceil(0.95 * len(totals)) - 1)],
+        "size_mb": disk_size(Path(path)) / 2**20,
+    }
+    return ArtifactScore(name=name, kind=kind, path=path, metrics=metrics)
+
+
+def evaluate(parent: ModelDir, artifacts: list[Artifact], data: PreparedData, cfg: EvalConfig, max_length: int,
+             champion: Artifact | None = None) -> EvalReport:
+    """Score the parent, each artifact and the champion; add each artifact's degradation versus the parent."""
+    apply_threads(cfg.threads)
+    scores = [score(PARENT, "hf", parent.path, parent.path, data, cfg, max_length)]
+    base = scores[0].metrics
+    for artifact in [*artifacts, *([champion] if champion else [])]:
+        tokenizer_path = artifact.path if artifact.kind == "onnx" else parent.path
+        result = score(artifact.name, artifact.kind, artifact.path, tokenizer_path, data, cfg, max_length)
+        result.metrics["perplexity_increase"] = result.metrics["perplexity"] / base["perplexity"] - 1
+        result.metrics["exact_match_drop"] = base["exact_match"] - result.metrics["exact_match"]
+        scores.append(result)
+    return EvalReport(data_digest=data.digest, scores=scores)
+
+
+evaluate_task = task(evaluate, name="evaluate")

@@ -1,0 +1,1 @@
+"""Quantization: ONNX for onnxruntime-genai (model builder), Olive GPTQ, GGUF for llama.cpp/Ollama."""

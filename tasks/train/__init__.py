@@ -1,0 +1,1 @@
+"""Training: the shared loop, distillation, LoRA fine-tuning and merge, greedy generation for scoring."""

@@ -1,0 +1,142 @@
+"""The engine in-process: batch planning, padding, per-row budgets, logprobs and cancellation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infra.serving.batch import plan_batches
+from infra.serving.engine import Engine, EngineConfig
+from infra.serving.protocol import Delta, Done, Event, GenerationRequest, Sampling
+from tasks.data.chat import render_ids
+
+
+def run(engine: Engine, requests: list[GenerationRequest], cancel_after: dict[int, int] | None = None
+        ) -> list[list[Event]]:
+    """Submit ``requests`` together and collect their events; request i is cancelled after cancel_after[i] deltas."""
+    events: list[list[Event]] = [[] for _ in requests]
+    finished = [threading.Event() for _ in requests]
+    for i, request in enumerate(requests):
+        def emit(event: Event, i: int = i) -> None:
+            events[i].append(event)
+            deltas = sum(isinstance(e, Delta) for e in events[i])
+            if cancel_after and deltas == cancel_after.get(i):
+                engine.cancel(requests[i])  # from the engine's own thread: deterministic
+                finished[i].set()
+            if not isinstance(event, Delta):
+                finished[i].set()
+        request.emit = emit
+        engine.submit(request)
+    for flag in finished:
+        assert flag.wait(120), "a request never finished"
+    return events
+
+
+def prompt(engine: Engine, text: str) -> list[int]:
+    return render_ids(engine.tokenizer, [{"role": "user", "content": text}], add_generation_prompt=True)
+
+
+def test_plan_batches_keeps_every_batch_inside_the_window() -> None:
+    # given requests that each fit a 128-token window alone: long prompts with small budgets, short with large
+    shapes = [(110, 18), (10, 118), (64, 64), (120, 8), (5, 100), (100, 28), (30, 90), (90, 30)]
+    greedy, sampled = Sampling(), Sampling(temperature=0.7, seed=3)
+    requests = [GenerationRequest([1] * n, budget, greedy if i % 3 else sampled) for i, (n, budget) in
+                enumerate(shapes)]
+    # when they are planned together
+    batches = plan_batches(requests, context_length=128, max_batch_size=3)
+    # then every request runs exactly once, in arrival order, in a batch that fits and shares sampling settings
+    assert sorted(id(r) for b in batches for r in b) == sorted(id(r) for r in requests)
+    for batch in batches:
+        assert len(batch) <= 3 and len({r.sampling for r in batch}) == 1
+        assert max(len(r.prompt_ids) for r in batch) + max(r.max_tokens for r in batch) <= 128
+        assert [requests.index(r) for r in batch] == sorted(requests.index(r) for r in batch)
+    assert len(batches) < len(requests), "requests that fit together share a batch"
+
+
+@pytest.fixture(scope="module")
+def odd_pad_model(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model whose tokenizer pads with <|im_end|>, while genai_config.json's pad_token_id stays 0."""
+    folder = tmp_path_factory.mktemp("oddpad") / "model"
+    shutil.copytree(tiny_onnx, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "pad_token": "<|im_end|>"}))
+    return folder
+
+
+def test_a_row_answers_alike_alone_and_in_a_batch(odd_pad_model: Path) -> None:
+    # given a model whose tokenizer's pad token (2) is not the model's pad_token_id (0), and prompts of 3 lengths
+    engine = Engine(odd_pad_model, EngineConfig(batch_window_ms=500))
+    assert engine.tokenizer.pad_token_id != engine.pad_id == 0
+    prompts = [prompt(engine, text) for text in ("Upper: x", "Reverse: a b c d e f g h i j", "Reverse: a b c d e")]
+    assert len({len(p) for p in prompts}) == 3
+
+    def request(ids: list[int]) -> GenerationRequest:  # min_tokens: every row decodes 10 tokens
+        return GenerationRequest(ids, 10, Sampling(min_tokens=10))
+
+    # when each runs alone, then all three run as one padded batch
+    alone = [run(engine, [request(p)])[0][-1] for p in prompts]
+    sizes: list[int] = []
+    engine.on_batch = sizes.append
+    together = [events[-1] for events in run(engine, [request(p) for p in prompts])]
+    engine.close()
+    # then padding changed nothing: same tokens, same text
+    assert sizes == [3]
+    assert [d.text for d in together] == [d.text for d in alone]
+    assert all(isinstance(d, Done) and d.completion_tokens == 10 for d in together)
+
+
+def test_rows_stop_at_their_own_budget_and_a_cancelled_row_stops(random_onnx: Path) -> None:
+    engine = Engine(random_onnx, EngineConfig(batch_window_ms=500))
+    ids = prompt(engine, "a b c")
+    budgets = [3, 40, 40]
+    requests = [GenerationRequest(ids, n) for n in budgets]
+    # when the third is cancelled after 5 deltas
+    events = run(engine, requests, cancel_after={2: 5})
+    engine.close()
+    done = [e[-1] for e in events[:2]]
+    # then the first stopped at 3 tokens, the second ran to 40, the third stopped without an answer
+    assert all(isinstance(d, Done) for d in done)
+    assert [d.completion_tokens for d in done] == [3, 40] and done[0].finish_reason == "length"
+    assert not any(isinstance(e, Done) for e in events[2]) and sum(isinstance(e, Delta) for e in events[2]) == 5
+    assert engine.stats.cancelled == 1 and engine.stats.active == 0
+    assert engine.stats.tokens < 3 + 40 + 40, "the cancelled row stopped decoding"
+
+
+def test_logprobs_are_the_models_log_softmax(random_onnx: Path) -> None:
+    import onnxruntime_genai as og
+
+    engine = Engine(random_onnx)
+    ids = prompt(engine, "Reverse: a b c")
+    events = run(engine, [GenerationRequest(ids, 6, top_logprobs=3),
+                          GenerationRequest(ids, 6, Sampling(min_tokens=6), top_logprobs=20)])
+    engine.close()
+    tokens = [t for e in events[0] if isinstance(e, Delta) for t in e.logprobs]
+    assert len(tokens) == 6
+    # independently: one forward pass over prompt + answer, log-softmax at each answer position
+    model = og.Model(str(random_onnx))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + 8)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.array([ids + [t.token_id for t in tokens]], dtype=np.int32))
+    logits = np.asarray(generator.get_output("logits"))[0].astype(np.float64)
+    for i, token in enumerate(tokens):
+        row = logits[len(ids) - 1 + i]
+        expected = row - row.max() - np.log(np.exp(row - row.max()).sum())
+        assert token.logprob == pytest.approx(expected[token.token_id], abs=1e-4)
+        assert [t.token_id for t in token.top] == list(np.argsort(-expected, kind="stable")[:3])
+        assert token.top[0].token_id == token.token_id  # greedy picks the most likely token
+        assert token.bytes == list(engine.tokenizer.decode([token.token_id]).encode())
+    # while min_tokens holds end-of-sequence back, it has no probability: the rest share all of it
+    held = [t for e in events[1] if isinstance(e, Delta) for t in e.logprobs]
+    assert [t.token_id for t in held] == [t.token_id for t in tokens]
+    for i, token in enumerate(held):
+        row = np.delete(logits[len(ids) - 1 + i], sorted(engine.eos_ids))
+        token_index = token.token_id - sum(e < token.token_id for e in engine.eos_ids)
+        assert token.logprob == pytest.approx(row[token_index] - row.max() - np.log(np.exp(row - row.max()).sum()),
+                                              abs=1e-4)
+        assert not {a.token_id for a in token.top} & engine.eos_ids
