@@ -88,12 +88,24 @@ def aliases(client: MlflowClient, name: str) -> dict[str, str]:
     return {alias: str(v) for alias, v in require_model(client, name).aliases.items()}
 
 
+def _lost_insert_race(exc: MlflowException) -> bool:
+    text = str(exc)
+    return "UNIQUE constraint failed" in text or "duplicate key value" in text
+
+
 def _converge(client: MlflowClient, name: str, alias: str) -> str:
     """Point ``alias`` at the version of its latest history entry until a re-read agrees; return that version."""
     for _ in range(CONVERGE_ATTEMPTS):
         latest = moves(history(client, name), alias)[-1]["version"]
         if aliases(client, name).get(alias) != latest:  # an unchanged alias is not set again (no extra webhook)
-            client.set_registered_model_alias(name, alias, latest)
+            try:
+                client.set_registered_model_alias(name, alias, latest)
+            except MlflowException as exc:
+                # two first-ever sets of an alias race to insert its row; the loser re-reads and converges
+                if not _lost_insert_race(exc):
+                    raise
+                time.sleep(0.01)
+                continue
         if moves(history(client, name), alias)[-1]["version"] == latest:
             return latest
     raise RegistryError(f"{name}@{alias} kept moving under concurrent promotions; try again")

@@ -61,10 +61,14 @@ class ServiceSpec(BaseModel):
     health: str = ""
 
 
+# the caller's endpoints and its active MLflow run/experiment must not leak into long-lived services
+CALLER_ONLY = ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
 def _clean_env(extra: dict[str, str]) -> dict[str, str]:
-    """This environment without the caller's Prefect/MLflow endpoints, plus ``extra``."""
+    """This environment without the caller's Prefect/MLflow endpoints and active MLflow run, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "PREFECT__"))
-           and k not in ("MLFLOW_TRACKING_URI", "PREFECT_HOME")}
+           and k not in CALLER_ONLY}
     return {**env, **extra}
 
 

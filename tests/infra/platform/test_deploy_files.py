@@ -100,3 +100,16 @@ def test_the_image_installs_every_package_with_the_pinned_torch() -> None:
     torch = next(d for d in project["project"]["dependencies"] if d.startswith("torch"))
     assert torch in dockerfile
     assert re.search(r"^COPY .*\bprefect\.yaml\b", dockerfile, re.M), "the worker runs flows from prefect.yaml"
+
+
+def test_the_callers_mlflow_run_and_endpoints_never_leak_into_the_services(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path) -> None:
+    # a caller inside an MLflow run (or pointed at other servers) starts the platform
+    for key, value in {"MLFLOW_RUN_ID": "abc", "MLFLOW_EXPERIMENT_ID": "7", "MLFLOW_TRACKING_URI": "http://x",
+                       "PREFECT_API_URL": "http://y/api"}.items():
+        monkeypatch.setenv(key, value)
+    opts = UpOptions(home=tmp_path, repo=REPO, bindings=REPO / "configs" / "bindings.yaml")
+    specs = service_specs(opts, postgres_urls("postgresql://u@h/slmops"), {"prefect": 1, "mlflow": 2, "receiver": 3})
+    for name, spec in specs.items():
+        assert not {"MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"} & set(spec.env), name
+        assert spec.env.get("MLFLOW_TRACKING_URI") != "http://x" and spec.env.get("PREFECT_API_URL") != "http://y/api"
