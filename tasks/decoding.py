@@ -1,18 +1,21 @@
 """Static-batch decoding with onnxruntime-genai: right-padded prompts stepped together, each row stopped on its own.
 
-One place that pads a batch and steps an ``og.Generator``: the batch transform uses ``decode_batch``; a serving
-engine that streams tokens can drive ``start_batch`` and ``next_tokens`` itself.
+One place that reads a model folder, pads a batch and starts an ``og.Generator``: the batch transform uses
+``decode_batch``; the serving engine (infra/serving/batch.py) drives ``start_batch`` itself to stream tokens.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+GREEDY_BELOW = 1e-5  # temperatures below this decode greedily (as vLLM does): 1/T would overflow the logits
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,12 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    min_tokens: int = 0  # end-of-sequence cannot be drawn before this many new tokens
+
+    @property
+    def greedy(self) -> bool:
+        """True when decoding picks the most likely token."""
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass
@@ -32,8 +41,17 @@ class Decoded:
     finish_reason: str = "length"
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class OgModel:
-    """An onnxruntime-genai model folder: the model, its context window, end-of-sequence and pad ids."""
+    """An onnxruntime-genai model folder: the model, its context window, end-of-sequence and pad ids.
+
+    ``threads``: onnxruntime's intra-op threads; None or 0 means every available core (onnxruntime-genai's own
+    default is half of them).
+    """
 
     def __init__(self, path: str | Path, threads: int | None = None):
         import onnxruntime_genai as og
@@ -44,10 +62,10 @@ class OgModel:
         self.eos_ids = set(np.atleast_1d(genai["eos_token_id"]).tolist())
         # onnxruntime-genai masks the model's own pad id and derives each row's length from it
         self.pad_id = int(genai.get("pad_token_id", min(self.eos_ids)))
+        self.threads = threads or available_cores()
         config = og.Config(str(self.path))
-        if threads:
-            options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
-            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        options = {"intra_op_num_threads": self.threads, "inter_op_num_threads": 1}
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
         self.model = og.Model(config)
 
 
@@ -62,11 +80,13 @@ def start_batch(m: OgModel, prompts: Sequence[Sequence[int]], max_new_tokens: in
     for i, p in enumerate(prompts):
         ids[i, : len(p)] = p
     options: dict[str, Any] = dict(max_length=min(width + max_new_tokens, m.context_length),
-                                   batch_size=len(prompts), do_sample=sampling.temperature > 0)
-    if sampling.temperature > 0:
+                                   batch_size=len(prompts), do_sample=not sampling.greedy)
+    if sampling.min_tokens:
+        options["min_length"] = width + sampling.min_tokens
+    if not sampling.greedy:
         options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
     if sampling.seed is not None:
-        options["random_seed"] = sampling.seed % 2**31  # a non-negative int32
+        options["random_seed"] = sampling.seed % 2**31  # onnxruntime-genai takes a non-negative int32
     params = m.og.GeneratorParams(m.model)
     params.set_search_options(**options)
     generator = m.og.Generator(m.model, params)

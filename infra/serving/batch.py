@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from infra.serving.protocol import Delta, Done, EngineStats, GenerationRequest, TokenLogprob
+from tasks.decoding import OgModel, start_batch
 
 
 def plan_batches(requests: Sequence[GenerationRequest], context_length: int,
@@ -82,10 +83,9 @@ class _Row:
 class BatchRun:
     """Runs one batch to completion; every row ends with Done, or silently when cancelled."""
 
-    def __init__(self, og: Any, model: Any, tokenizer: Any, token_text: TokenText, eos_ids: set[int],
-                 pad_id: int, stats: EngineStats):
-        self.og, self.model, self.tokenizer, self.token_text = og, model, tokenizer, token_text
-        self.eos_ids, self.pad_id, self.stats = eos_ids, pad_id, stats
+    def __init__(self, model: OgModel, tokenizer: Any, token_text: TokenText, stats: EngineStats):
+        self.model, self.tokenizer, self.token_text, self.stats = model, tokenizer, token_text, stats
+        self.eos_ids = model.eos_ids
 
     def run(self, requests: list[GenerationRequest]) -> None:
         """Decode ``requests`` together until every row has finished or been cancelled."""
@@ -117,24 +117,9 @@ class BatchRun:
             self.stats.active = 0
 
     def _start(self, requests: list[GenerationRequest]) -> Any:
-        width = max(len(r.prompt_ids) for r in requests)
-        # right padding with the model's pad_token_id: onnxruntime-genai derives each row's length from it
-        ids = np.full((len(requests), width), self.pad_id, dtype=np.int32)
-        for i, r in enumerate(requests):
-            ids[i, : len(r.prompt_ids)] = r.prompt_ids
-        sampling = requests[0].sampling
-        options: dict[str, Any] = dict(max_length=width + max(r.max_tokens for r in requests),
-                                       batch_size=len(requests), do_sample=not sampling.greedy)
-        if sampling.min_tokens:
-            options["min_length"] = width + sampling.min_tokens
-        if not sampling.greedy:
-            options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-        if sampling.seed is not None:
-            options["random_seed"] = sampling.seed % 2**31  # onnxruntime-genai takes a non-negative int32
-        params = self.og.GeneratorParams(self.model)
-        params.set_search_options(**options)
-        generator = self.og.Generator(self.model, params)
-        generator.append_tokens(ids)
+        # plan_batches made every batch fit the context window; each row stops at its own max_tokens
+        generator = start_batch(self.model, [r.prompt_ids for r in requests], max(r.max_tokens for r in requests),
+                                requests[0].sampling)
         self.stats.batches += 1
         return generator
 

@@ -9,18 +9,17 @@ events back to its caller. The engine knows nothing of HTTP: the serving app tal
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from pydantic import BaseModel, Field
 
 from infra.serving.batch import BatchRun, TokenText, plan_batches
 from infra.serving.protocol import EngineStats, Failed, GenerationRequest, QueueFullError
+from tasks.decoding import OgModel
 
 
 class EngineConfig(BaseModel, extra="forbid"):
@@ -29,28 +28,23 @@ class EngineConfig(BaseModel, extra="forbid"):
     max_batch_size: int = Field(8, gt=0, description="Requests decoded together in one batch at most.")
     max_queue: int = Field(64, gt=0, description="Requests waiting for the engine before new ones get 503.")
     batch_window_ms: float = Field(5.0, ge=0, description="How long the first waiting request waits for company.")
+    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 uses every available core.")
 
 
 class Engine:
     """Owns the model, the tokenizer and the worker thread."""
 
     def __init__(self, model_dir: str | Path, config: EngineConfig | None = None):
-        import onnxruntime_genai as og
         from transformers import AutoTokenizer
 
         self.config = config or EngineConfig()
         self.model_dir = Path(model_dir)
-        genai = json.loads((self.model_dir / "genai_config.json").read_text())["model"]
-        self.context_length = int(genai["context_length"])
-        self.eos_ids = set(np.atleast_1d(genai["eos_token_id"]).tolist())
-        # onnxruntime-genai masks the model's own pad id; the tokenizer's may differ (or be a real token)
-        self.pad_id = int(genai.get("pad_token_id", min(self.eos_ids)))
-        self.model = og.Model(str(self.model_dir))
+        self.og_model = OgModel(self.model_dir, self.config.threads)
+        self.context_length = self.og_model.context_length
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         self.stats = EngineStats()
         self.on_batch: Callable[[int], None] | None = None
-        self._runner = BatchRun(og, self.model, self.tokenizer, TokenText(self.tokenizer), self.eos_ids, self.pad_id,
-                                self.stats)
+        self._runner = BatchRun(self.og_model, self.tokenizer, TokenText(self.tokenizer), self.stats)
         self._queue: queue.Queue[GenerationRequest] = queue.Queue(maxsize=self.config.max_queue)
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._loop, name="slmops-engine", daemon=True)

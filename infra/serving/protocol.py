@@ -7,26 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-GREEDY_BELOW = 1e-5  # temperatures below this decode greedily (as vLLM does): 1/T would overflow the logits
+from tasks.decoding import Sampling
+
+__all__ = ["Delta", "Done", "EngineStats", "Event", "Failed", "GenerationEngine", "GenerationRequest",
+           "QueueFullError", "Sampling", "TokenLogprob"]
 
 
 class QueueFullError(Exception):
     """The request queue is at capacity; the caller should retry later."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling settings; requests with equal settings may share a batch."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    min_tokens: int = 0
-
-    @property
-    def greedy(self) -> bool:
-        """True when decoding picks the most likely token."""
-        return self.temperature < GREEDY_BELOW
 
 
 @dataclass(frozen=True)

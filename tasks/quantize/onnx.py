@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -21,6 +23,8 @@ def onnx_artifact(name: str, folder: Path) -> Artifact:
 
 def build_onnx(model: ModelDir, precision: OnnxPrecision, cfg: QuantizeConfig, out: Path) -> Artifact:
     """Export with the onnxruntime-genai model builder (CPU execution provider)."""
+    if precision == "int4" and cfg.int4_algorithm == "k_quant":
+        check_k_quant_blocks(model, cfg.int4_block_size)
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", model.path, "-o", str(out),
            "-p", precision, "-e", "cpu", "-c", str(out.parent / f".cache-{precision}")]
     if precision == "int4":
@@ -34,6 +38,27 @@ def build_onnx(model: ModelDir, precision: OnnxPrecision, cfg: QuantizeConfig, o
             raise QuantizeError(f"onnx-int4: asked for block size {cfg.int4_block_size}, the builder wrote "
                                 f"{sorted(built) or 'no int4 MatMul'}")
     return artifact
+
+
+def check_k_quant_blocks(model: ModelDir, block_size: int) -> None:
+    """Refuse, before building, a block size that splits some MatMul input into an odd number of blocks.
+
+    onnxruntime 1.31's k_quant packs two zero points per byte across rows and then fails to reshape them
+    (``cannot reshape array of size …``) whenever a weight's input dimension has an odd number of blocks.
+    """
+    config = json.loads((Path(model.path) / "config.json").read_text())
+    hidden = config.get("hidden_size")
+    head_dim = config.get("head_dim") or (hidden // config["num_attention_heads"] if hidden else None)
+    inputs = {"hidden_size": hidden, "intermediate_size": config.get("intermediate_size"),
+              "num_attention_heads × head_dim": head_dim and config.get("num_attention_heads", 0) * head_dim}
+    odd = {name: math.ceil(k / block_size) for name, k in inputs.items() if k and math.ceil(k / block_size) % 2}
+    if odd:
+        found = ", ".join(f"{name}={inputs[name]} → {blocks} block(s)" for name, blocks in odd.items())
+        even = [b for b in (16, 32, 64, 128, 256)
+                if all(not k or math.ceil(k / b) % 2 == 0 for k in inputs.values())]
+        raise QuantizeError(f"int4 k_quant with block size {block_size} needs an even number of blocks per input "
+                            f"dimension; {model.path} has {found}. Use quantize.int4_block_size from {even or 'none'} "
+                            f"or quantize.int4_algorithm: rtn")
 
 
 def quantized_matmuls(folder: Path) -> list[dict]:

@@ -71,7 +71,7 @@ def odd_pad_model(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_a_row_answers_alike_alone_and_in_a_batch(odd_pad_model: Path) -> None:
     # given a model whose tokenizer's pad token (2) is not the model's pad_token_id (0), and prompts of 3 lengths
     engine = Engine(odd_pad_model, EngineConfig(batch_window_ms=500))
-    assert engine.tokenizer.pad_token_id != engine.pad_id == 0
+    assert engine.tokenizer.pad_token_id != engine.og_model.pad_id == 0
     prompts = [prompt(engine, text) for text in ("Upper: x", "Reverse: a b c d e f g h i j", "Reverse: a b c d e")]
     assert len({len(p) for p in prompts}) == 3
 
@@ -135,8 +135,8 @@ def test_logprobs_are_the_models_log_softmax(random_onnx: Path) -> None:
     held = [t for e in events[1] if isinstance(e, Delta) for t in e.logprobs]
     assert [t.token_id for t in held] == [t.token_id for t in tokens]
     for i, token in enumerate(held):
-        row = np.delete(logits[len(ids) - 1 + i], sorted(engine.eos_ids))
-        token_index = token.token_id - sum(e < token.token_id for e in engine.eos_ids)
+        row = np.delete(logits[len(ids) - 1 + i], sorted(engine.og_model.eos_ids))
+        token_index = token.token_id - sum(e < token.token_id for e in engine.og_model.eos_ids)
         assert token.logprob == pytest.approx(row[token_index] - row.max() - np.log(np.exp(row - row.max()).sum()),
                                               abs=1e-4)
-        assert not {a.token_id for a in token.top} & engine.eos_ids
+        assert not {a.token_id for a in token.top} & engine.og_model.eos_ids

@@ -11,7 +11,7 @@ import pytest
 from tasks.config import QuantizeConfig, load_config
 from tasks.data.chat import prompt_ids
 from tasks.data.prepare import encode_split, read_prepared
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, QuantizeError
 from tasks.evaluate.runners import HfRunner, OnnxRunner
 from tasks.inputs import describe_model
 from tasks.modeling import load_tokenizer
@@ -65,6 +65,13 @@ def test_int4_settings_take_effect_in_the_built_model(onnx_models, teacher, tmp_
     assert {m["block_size"] for m in quantized_matmuls(wide.path)} == {128}
     assert quantized_matmuls(onnx_models["int8"].path) == [] or all(
         m["bits"] == 8 for m in quantized_matmuls(onnx_models["int8"].path))
+
+
+def test_a_k_quant_block_size_the_runtime_cannot_pack_is_refused_before_building(teacher, tmp_path: Path) -> None:
+    # one block of 256 covers the tiny teacher's hidden size: an odd count, which onnxruntime's k_quant cannot pack
+    with pytest.raises(QuantizeError, match=r"even number of blocks.*hidden_size=\d+ → 1 block"):
+        build_onnx(teacher, "int4", QuantizeConfig(int4_block_size=256), tmp_path / "odd")
+    assert not (tmp_path / "onnx-int4.log").exists(), "refused before the builder ran"
 
 
 def test_bad_quantize_settings_are_rejected(tmp_path: Path) -> None:
