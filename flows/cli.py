@@ -23,6 +23,8 @@ EPILOG = """examples:
   slmops models demo-slm
   slmops deploy demo-slm@champion --target local --port 8080
   slmops status
+  slmops deploy demo-slm@champion --target sagemaker --set region=us-east-1 --set role_arn=arn:aws:iam::…
+  slmops serve --model-dir /opt/ml/model        # the SageMaker image's entry point
   slmops batch demo-slm@champion --input requests.jsonl --output out/batch --set executor.batch_size=16
   slmops undeploy demo-slm --target local
   slmops train --config configs/demo.yaml
@@ -119,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate = data_sub.add_parser("validate", help="Check JSONL files without training (exit 0 when valid).")
     validate.add_argument("files", nargs="+", metavar="FILE", help="Local JSONL path or s3:// URI.")
 
+    serve = sub.add_parser("serve", help="Serve a model folder as SageMaker starts our image (docker run IMAGE "
+                           "serve): /ping 503 while loading, 200 when ready; /invocations; SIGTERM drains.")
+    serve.add_argument("--model-dir", default="/opt/ml/model", metavar="DIR", help="onnxruntime-genai folder "
+                       "(default /opt/ml/model, where SageMaker unpacks model.tar.gz).")
+    serve.add_argument("--host", default="0.0.0.0", help="Bind address (default 0.0.0.0, as in the container).")
+    serve.add_argument("--port", type=port_number, help="Port (default SAGEMAKER_BIND_TO_PORT, else 8080).")
+
     platform_cli.add_parsers(sub, port_number)
 
     config = sub.add_parser("config", help="Configuration utilities.")
@@ -137,9 +146,19 @@ COMMANDS = {"train": commands.cmd_train, "data": commands.cmd_data_validate, "co
 PLATFORM_COMMANDS = {"up", "down", "platform"}  # these manage the platform, the others use it when it is up
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The container's entry point: no home, no platform, no Prefect; the socket opens before the model loads."""
+    from infra.sagemaker.serve import serve
+
+    serve(args.model_dir, args.host, args.port)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``slmops`` console script."""
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return cmd_serve(args)
     try:
         if args.command not in PLATFORM_COMMANDS:
             platform_cli.use_platform(get_settings().root)

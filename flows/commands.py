@@ -9,7 +9,7 @@ from pathlib import Path
 from tasks.errors import ConfigError
 from tasks.settings import get_settings
 
-TARGET_NAMES = ("local", "foundry", "ollama")
+TARGET_NAMES = ("local", "foundry", "ollama", "sagemaker")
 
 
 def target_config(args: argparse.Namespace, **fields: object):
@@ -125,6 +125,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     deployment = deploy_model(args.model_ref, cfg)
     print(f"{deployment.release.name} version {deployment.release.version} serves on {deployment.target} at "
           f"{deployment.endpoint}")
+    if deployment.details.get("smoke_test") == "skipped":
+        print("  smoke test skipped (smoke_test=false): no golden prompt was sent")
+    if deployment.details.get("cost_per_hour") is not None:
+        print(f"  cost: ${deployment.details['cost_per_hour']:.4g}/hour at {deployment.details['instance_count']} x "
+              f"{deployment.details['instance_type']} (price table in the target config)")
     if deployment.previous:
         print(f"  previous version: {deployment.previous.version} (slmops deploy-rollback {deployment.name} "
               f"--target {deployment.target})")
@@ -147,7 +152,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         for row in rows:
             print(f"{row.target:8} {row.name:20} {row.state:5} {row.recorded_version:8} "
                   f"{row.served_version or '-':8} {row.endpoint:36} {row.since}")
-            for label, value in (("problem", row.problem), ("previous", row.previous_version), ("log", row.log)):
+            for label, value in (("problem", row.problem), ("previous", row.previous_version), ("log", row.log),
+                                 ("cost", row.cost_per_hour and f"${row.cost_per_hour:.4g}/hour")):
                 if value:
                     print(f"{'':8} {label}: {value}")
     return 0 if all(row.state == "up" for row in rows) else 1

@@ -26,7 +26,7 @@ def deploy_model(model_ref: Annotated[str, Field(description="NAME@ALIAS (demo-s
                                                     "(demo-slm/3), resolved through the registry when the run "
                                                     "starts.")],
                  target: DeployConfig) -> Deployment:
-    """Deploy ``name@alias`` or ``name/version`` to ``target`` (local, foundry or ollama)."""
+    """Deploy ``name@alias`` or ``name/version`` to ``target`` (local, foundry, ollama or sagemaker)."""
     release = resolve_release_task(get_settings().root, model_ref)
     deployment = deploy_release_task(release, target)
     get_run_logger().info("%s version %s serves at %s", release.name, release.version, deployment.endpoint)
