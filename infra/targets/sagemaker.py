@@ -33,6 +33,7 @@ class SageMakerDetails(BaseModel):
     """What a SageMaker deployment made (so undeploy removes exactly that) and what it costs."""
 
     region: str | None
+    serial: int = Field(1, description="Deploys of this deployment so far (numbers the endpoint configs).")
     endpoint_name: str
     variant_name: str
     config_name: str
@@ -91,7 +92,8 @@ class SageMakerTarget(RecordedTarget):
         tags = [{"Key": "slmops:deployment", "Value": name}, {"Key": "slmops:version", "Value": release.version}]
         model_data, digest = upload_model(c, release, cfg.bucket, cfg.prefix)
         model = aws_name(endpoint, f"v{release.version}", digest[:8])
-        config = aws_name(endpoint, f"v{release.version}", time.strftime("%Y%m%d%H%M%S", time.gmtime()))
+        serial = old.serial + 1 if old else 1  # a config per deploy: a redeploy of one version needs a new name
+        config = aws_name(endpoint, f"v{release.version}", f"d{serial}")
         new_model = ensure_model(c, model, release, cfg.image_uri, model_data, cfg.role_arn, tags)
         old_config = serving["EndpointConfigName"] if serving else None
         made: dict[str, str | None] = {"config": config, "model": model if new_model else None}
@@ -105,7 +107,7 @@ class SageMakerTarget(RecordedTarget):
             self._forget(c, made, endpoint if new else None, alarms if new else None)
             raise DeployError(f"deploying {release.ref} to {endpoint}: {exc}; {self._serving(old_config)}") from None
         details = SageMakerDetails(
-            region=c.region, endpoint_name=endpoint, variant_name=cfg.variant_name, config_name=config,
+            region=c.region, serial=serial, endpoint_name=endpoint, variant_name=cfg.variant_name, config_name=config,
             model_name=model, model_data=model_data, alarms=alarms, serverless=bool(cfg.serverless_memory_mb),
             instance_type=None if cfg.serverless_memory_mb else cfg.instance_type,
             instance_count=0 if cfg.serverless_memory_mb else cfg.instance_count, async_output=cfg.async_output,
