@@ -84,8 +84,7 @@ class SageMakerExecutor:
             self.clients.sagemaker.create_transform_job(**request)
         except Exception as exc:
             raise BatchError(f"create_transform_job {name}: {exc}") from None
-        described = self.wait(name)
-        self._count(described)
+        self.wait(name)
         answers = self.read_answers(f"s3://{cfg.bucket}/{base}/output/input.jsonl.out", part, name)
         on_batch(len(part.records))
         return answers
@@ -112,6 +111,7 @@ class SageMakerExecutor:
                 raise BatchError(f"transform job {name} ran past {self.cfg.timeout_s:.0f}s and was stopped") \
                     from None
             raise
+        self._count(described)  # a failed job was billed too
         if status != "Completed":
             raise BatchError(f"transform job {name} {status.lower()}: "
                              f"{described.get('FailureReason') or 'no reason given'}")
