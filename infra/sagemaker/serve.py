@@ -8,8 +8,10 @@ graceful shutdown) before SageMaker's SIGKILL 30 s later.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -92,8 +94,20 @@ def bind_port() -> int:
     return int(os.environ.get("SAGEMAKER_BIND_TO_PORT") or DEFAULT_PORT)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, opened before anything heavy is imported: connections made meanwhile wait in the
+    kernel's backlog and are answered as soon as the server runs."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(model_dir: str | Path = DEFAULT_MODEL_DIR, host: str = "0.0.0.0", port: int | None = None) -> None:
     """Serve the onnxruntime-genai folder ``model_dir`` until SIGTERM (or Ctrl-C), loading it in the background."""
+    sock = listen(host, port or bind_port())
     import uvicorn
     from fastapi import FastAPI
 
@@ -108,13 +122,21 @@ def serve(model_dir: str | Path = DEFAULT_MODEL_DIR, host: str = "0.0.0.0", port
     engine = LoadingEngine(load)
     settings = ServerSettings(name=os.environ.get(NAME_ENV) or "model", version=os.environ.get(VERSION_ENV, ""))
     app = create_app(engine, settings)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=DRAIN_S))
     inner = app.router.lifespan_context
+
+    async def load_once_listening() -> None:
+        # loading imports transformers and onnxruntime-genai, holding the GIL for seconds: only after the bind
+        while not server.started and not server.should_exit:
+            await asyncio.sleep(0.005)
+        engine.start()
 
     @asynccontextmanager
     async def lifespan(fastapi_app: FastAPI):
-        engine.start()  # uvicorn binds the socket right after startup: loading must not hold it up
+        waiter = asyncio.create_task(load_once_listening())
         async with inner(fastapi_app) as state:
             yield state
+        waiter.cancel()
 
     app.router.lifespan_context = lifespan
-    uvicorn.run(app, host=host, port=port or bind_port(), log_level="warning", timeout_graceful_shutdown=DRAIN_S)
+    server.run(sockets=[sock])
