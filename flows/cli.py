@@ -24,6 +24,7 @@ EPILOG = """examples:
   slmops deploy demo-slm@champion --target local --port 8080
   slmops status
   slmops deploy demo-slm@champion --target sagemaker --set region=us-east-1 --set role_arn=arn:aws:iam::…
+  slmops invoke demo-slm --target sagemaker --prompt "Reverse: a b c" [--async]
   slmops serve --model-dir /opt/ml/model        # the SageMaker image's entry point
   slmops batch demo-slm@champion --input requests.jsonl --output out/batch --set executor.batch_size=16
   slmops undeploy demo-slm --target local
@@ -103,6 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("name", help="Deployment name.")
     _add_target_args(back, with_name=False)
     back.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    call = sub.add_parser("invoke", help="Send one prompt to a deployment's endpoint (sagemaker: invoke_endpoint, "
+                          "or with --async through S3 and invoke_endpoint_async) and print the answer.")
+    call.add_argument("name", help="Deployment name.")
+    _add_target_args(call, with_name=False)
+    call.add_argument("--prompt", required=True, help="The user message.")
+    call.add_argument("--max-tokens", type=int, default=64, help="Tokens to generate at most (default 64).")
+    call.add_argument("--async", dest="use_async", action="store_true", help="sagemaker: write the request to "
+                      "S3, queue it with invoke_endpoint_async and wait for the result object.")
+    call.add_argument("--timeout", type=float, default=300, help="--async: seconds to wait for the result.")
+    call.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     batch = sub.add_parser("batch", help="Answer every row of a JSONL input with MODEL_REF (resolved when the run "
                            "starts) into output parts committed atomically; the same command resumes.")
     batch.add_argument("model_ref", metavar="MODEL_REF", help="e.g. demo-slm@champion or demo-slm/3")
@@ -142,6 +153,7 @@ COMMANDS = {"train": commands.cmd_train, "data": commands.cmd_data_validate, "co
             "rollback": commands.cmd_rollback, "models": commands.cmd_models, "deploy": commands.cmd_deploy,
             "status": commands.cmd_status, "undeploy": commands.cmd_undeploy,
             "deploy-rollback": commands.cmd_deploy_rollback, "batch": commands.cmd_batch,
+            "invoke": commands.cmd_invoke,
             "up": platform_cli.cmd_up, "down": platform_cli.cmd_down, "platform": platform_cli.cmd_platform}
 PLATFORM_COMMANDS = {"up", "down", "platform"}  # these manage the platform, the others use it when it is up
 

@@ -175,6 +175,34 @@ def cmd_deploy_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_invoke(args: argparse.Namespace) -> int:
+    """One chat request to a deployment's endpoint; the answer's text (or its raw body) on stdout."""
+    from infra.targets import DeployError, make_target
+
+    if args.target != "sagemaker":
+        raise DeployError(f"slmops invoke speaks to sagemaker endpoints; a {args.target} deployment serves an "
+                          "OpenAI-compatible URL (see slmops status)")
+    from infra.sagemaker.invoke import answer_text, chat_body, invoke, invoke_async
+
+    target = make_target(target_config(args), get_settings().root)
+    details = target.details(target.record(args.name))
+    clients = target.clients(details.region)
+    body = chat_body(args.prompt, args.max_tokens)
+    if args.use_async:
+        if not details.async_output:
+            raise DeployError(f"{details.endpoint_name} is not an asynchronous endpoint (deploy it with "
+                              "--set async_output=s3://…)")
+        raw, where = invoke_async(clients, details.endpoint_name, body, details.bucket, details.prefix, args.timeout)
+        print(f"input {where['input']} → output {where['output']}", file=sys.stderr)
+    else:
+        raw = invoke(clients, details.endpoint_name, body)
+    try:
+        print(answer_text(raw))
+    except (ValueError, KeyError, IndexError, TypeError):
+        print(raw.decode(errors="replace"))
+    return 0
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from registry.history import move_alias
 
