@@ -11,7 +11,7 @@ from botocore.stub import ANY
 
 from infra.sagemaker.aws import Clients, package_model
 from infra.targets import DeployError
-from tests.infra.sagemaker.conftest import BUCKET, IMAGE, NOW, endpoint_reply, not_found, target
+from tests.infra.sagemaker.conftest import BUCKET, IMAGE, NOW, ROLE, endpoint_reply, not_found, target
 
 
 def scaling_of(aws: Clients) -> tuple[list[dict], list[dict]]:
@@ -273,3 +273,18 @@ def test_rollback_redeploys_the_previous_version_through_the_guarded_update(aws:
     assert all("DeploymentConfig" in c and c["RetainAllVariantProperties"] for c in calls)
     assert [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]] == ["demo-v1-d3"]
     assert t.status("demo-slm").served_version == "1"
+
+
+def test_a_sagemaker_binding_redeploys_through_this_target(tmp_path: Path):
+    """configs/bindings.yaml may bind a sagemaker target: promotion → redeploy deploys through the guarded path."""
+    from infra.platform.bindings import load_bindings
+    from infra.targets import make_target
+
+    path = tmp_path / "bindings.yaml"
+    path.write_text("bindings:\n  - model: demo-slm\n    alias: champion\n    target: {target: sagemaker, region: "
+                    f"us-east-1, bucket: {BUCKET}, endpoint_name: demo, role_arn: '{ROLE}', image_uri: {IMAGE}}}\n")
+
+    [binding] = load_bindings(path)
+
+    assert binding.key == "demo-slm@champion → sagemaker/demo-slm"
+    assert type(make_target(binding.target, tmp_path)).__name__ == "SageMakerTarget"
