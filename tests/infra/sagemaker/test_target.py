@@ -288,3 +288,26 @@ def test_a_sagemaker_binding_redeploys_through_this_target(tmp_path: Path):
 
     assert binding.key == "demo-slm@champion → sagemaker/demo-slm"
     assert type(make_target(binding.target, tmp_path)).__name__ == "SageMakerTarget"
+
+
+def test_failed_smoke_test_after_an_update_puts_the_old_config_back(aws: Clients, releases, tmp_path: Path,
+                                                                    monkeypatch):
+    """Moto on 127.0.0.1 (update_endpoint replaced as in the rollback test): version 2 reaches InService, but
+    moto's canned invoke body fails the golden prompt, so the guarded update runs back to version 1's config and
+    version 2's config and model are deleted."""
+    deploy_v1_on_moto(aws, releases, tmp_path)
+    sm = aws.sagemaker
+
+    def update_endpoint(**params):
+        sm.delete_endpoint(EndpointName=params["EndpointName"])
+        sm.create_endpoint(EndpointName=params["EndpointName"], EndpointConfigName=params["EndpointConfigName"])
+
+    monkeypatch.setattr(sm, "update_endpoint", update_endpoint)
+
+    with pytest.raises(DeployError, match="demo-slm/2 on demo failed its smoke test: .*config demo-v1-d1 serves"):
+        target(tmp_path, aws, smoke_test=True).deploy(releases[1])
+
+    assert sm.describe_endpoint(EndpointName="demo")["EndpointConfigName"] == "demo-v1-d1"
+    assert [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]] == ["demo-v1-d1"]
+    assert [m["ModelName"] for m in sm.list_models()["Models"]] == [model_of(releases[0])]
+    assert target(tmp_path, aws).status("demo-slm").served_version == "1"
