@@ -31,10 +31,14 @@ class Clients:
     region: str | None = None
     endpoint_url: str | None = None
 
-    def _client(self, service: str) -> Any:
+    def __post_init__(self) -> None:
         import boto3
 
-        return boto3.session.Session(region_name=self.region).client(service, endpoint_url=self.endpoint_url)
+        self.session = boto3.session.Session(region_name=self.region)
+        self.region = self.session.region_name  # the environment's when none was given (kept in records)
+
+    def _client(self, service: str) -> Any:
+        return self.session.client(service, endpoint_url=self.endpoint_url)
 
     @cached_property
     def sagemaker(self) -> Any:

@@ -58,14 +58,18 @@ class SageMakerTarget(RecordedTarget):
 
     def __init__(self, cfg: SageMakerConfig, root: Path, clients: Clients | None = None):
         super().__init__(cfg, root)
-        self._clients = clients
+        self._clients = {None: clients} if clients else {}
         self.clock, self.sleep = time.monotonic, time.sleep  # tests substitute a fake clock
 
     def clients(self, region: str | None = None) -> Clients:
-        """boto3 clients for the configured region (else the record's, else the environment's)."""
-        if self._clients is None:
-            self._clients = Clients(self.cfg.region or region, self.cfg.endpoint_url)
-        return self._clients
+        """boto3 clients for the configured region (else the record's, else the environment's); tests may hand
+        the target its clients."""
+        if None in self._clients:
+            return self._clients[None]
+        region = self.cfg.region or region
+        if region not in self._clients:
+            self._clients[region] = Clients(region, self.cfg.endpoint_url)
+        return self._clients[region]
 
     @staticmethod
     def details(record: Deployment) -> SageMakerDetails:
@@ -118,7 +122,7 @@ class SageMakerTarget(RecordedTarget):
             details.scaling = ep.put_autoscaling(c, cfg, endpoint)
         details.smoke_test = self._smoke(c, details, release, old_config, made, tags)
         deployment = Deployment(name=name, target="sagemaker", release=release, since=now(),
-                                endpoint=f"https://runtime.sagemaker.{c.region or 'REGION'}.amazonaws.com/endpoints/"
+                                endpoint=f"https://runtime.sagemaker.{c.region}.amazonaws.com/endpoints/"
                                          f"{endpoint}/invocations",
                                 previous=current.release if current else None, details=details.model_dump())
         self.store.save(deployment)
