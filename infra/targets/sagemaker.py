@@ -94,12 +94,16 @@ class SageMakerTarget(RecordedTarget):
             raise DeployError(f"endpoint {endpoint} is {serving['EndpointStatus']} "
                               f"({serving.get('FailureReason') or 'no reason given'}); wait for it, or undeploy it")
         tags = [{"Key": "slmops:deployment", "Value": name}, {"Key": "slmops:version", "Value": release.version}]
-        model_data, digest = upload_model(c, release, cfg.bucket, cfg.prefix)
-        model = aws_name(endpoint, f"v{release.version}", digest[:8])
+        old_config = serving["EndpointConfigName"] if serving else None
+        try:
+            model_data, digest = upload_model(c, release, cfg.bucket, cfg.prefix)
+            model = aws_name(endpoint, f"v{release.version}", digest[:8])
+            new_model = ensure_model(c, model, release, cfg.image_uri, model_data, cfg.role_arn, tags)
+        except AwsError as exc:
+            raise DeployError(f"deploying {release.ref} to {endpoint}: {exc}; nothing was changed on the endpoint") \
+                from None
         serial = old.serial + 1 if old else 1  # a config per deploy: a redeploy of one version needs a new name
         config = aws_name(endpoint, f"v{release.version}", f"d{serial}")
-        new_model = ensure_model(c, model, release, cfg.image_uri, model_data, cfg.role_arn, tags)
-        old_config = serving["EndpointConfigName"] if serving else None
         made: dict[str, str | None] = {"config": config, "model": model if new_model else None}
         alarms: list[str] = []
         try:
@@ -119,7 +123,11 @@ class SageMakerTarget(RecordedTarget):
             cost_per_hour=None if cfg.serverless_memory_mb else hourly_cost(cfg.prices, cfg.instance_type,
                                                                                cfg.instance_count))
         if cfg.autoscaling and not cfg.serverless_memory_mb:
-            details.scaling = ep.put_autoscaling(c, cfg, endpoint)
+            try:
+                details.scaling = ep.put_autoscaling(c, cfg, endpoint)
+            except Exception as exc:  # the endpoint must not serve the new version without its scaling
+                undone = self._undo(c, details, old_config, made, tags)
+                raise DeployError(f"{release.ref} on {endpoint}: autoscaling failed: {exc}; {undone}") from None
         details.smoke_test = self._smoke(c, details, release, old_config, made, tags)
         deployment = Deployment(name=name, target="sagemaker", release=release, since=now(),
                                 endpoint=f"https://runtime.sagemaker.{c.region}.amazonaws.com/endpoints/"
