@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from infra.sagemaker.transform import open_executor as open_sagemaker_executor
 from registry.batch import record_batch_run_task, reference_profile_task
 from registry.resolve import resolve_release_task
 from tasks.batch.config import BatchConfig
 from tasks.batch.drift import check_drift_task
+from tasks.batch.executors import register_executor
 from tasks.batch.job import (
     completed_run_task,
     prepare_job_task,
@@ -21,6 +23,8 @@ from tasks.batch.job import (
 from tasks.batch.report import BatchResult, finish_job_task, publish_report_task, write_manifest_task
 from tasks.batch.store import output_location
 from tasks.settings import get_settings
+
+register_executor("sagemaker", open_sagemaker_executor)
 
 
 @flow(name="batch_transform")

@@ -23,6 +23,9 @@ EPILOG = """examples:
   slmops models demo-slm
   slmops deploy demo-slm@champion --target local --port 8080
   slmops status
+  slmops deploy demo-slm@champion --target sagemaker --set region=us-east-1 --set role_arn=arn:aws:iam::…
+  slmops invoke demo-slm --target sagemaker --prompt "Reverse: a b c" [--async]
+  slmops serve --model-dir /opt/ml/model        # the SageMaker image's entry point
   slmops batch demo-slm@champion --input requests.jsonl --output out/batch --set executor.batch_size=16
   slmops undeploy demo-slm --target local
   slmops train --config configs/demo.yaml
@@ -101,6 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("name", help="Deployment name.")
     _add_target_args(back, with_name=False)
     back.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    call = sub.add_parser("invoke", help="Send one prompt to a deployment's endpoint (sagemaker: invoke_endpoint, "
+                          "or with --async through S3 and invoke_endpoint_async) and print the answer.")
+    call.add_argument("name", help="Deployment name.")
+    _add_target_args(call, with_name=False)
+    call.add_argument("--prompt", required=True, help="The user message.")
+    call.add_argument("--max-tokens", type=int, default=64, help="Tokens to generate at most (default 64).")
+    call.add_argument("--async", dest="use_async", action="store_true", help="sagemaker: write the request to "
+                      "S3, queue it with invoke_endpoint_async and wait for the result object.")
+    call.add_argument("--timeout", type=float, default=300, help="--async: seconds to wait for the result.")
+    call.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     batch = sub.add_parser("batch", help="Answer every row of a JSONL input with MODEL_REF (resolved when the run "
                            "starts) into output parts committed atomically; the same command resumes.")
     batch.add_argument("model_ref", metavar="MODEL_REF", help="e.g. demo-slm@champion or demo-slm/3")
@@ -119,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate = data_sub.add_parser("validate", help="Check JSONL files without training (exit 0 when valid).")
     validate.add_argument("files", nargs="+", metavar="FILE", help="Local JSONL path or s3:// URI.")
 
+    serve = sub.add_parser("serve", help="Serve a model folder as SageMaker starts our image (docker run IMAGE "
+                           "serve): /ping 503 while loading, 200 when ready; /invocations; SIGTERM drains.")
+    serve.add_argument("--model-dir", default="/opt/ml/model", metavar="DIR", help="onnxruntime-genai folder "
+                       "(default /opt/ml/model, where SageMaker unpacks model.tar.gz).")
+    serve.add_argument("--host", default="0.0.0.0", help="Bind address (default 0.0.0.0, as in the container).")
+    serve.add_argument("--port", type=port_number, help="Port (default SAGEMAKER_BIND_TO_PORT, else 8080).")
+
     platform_cli.add_parsers(sub, port_number)
 
     config = sub.add_parser("config", help="Configuration utilities.")
@@ -133,13 +153,24 @@ COMMANDS = {"train": commands.cmd_train, "data": commands.cmd_data_validate, "co
             "rollback": commands.cmd_rollback, "models": commands.cmd_models, "deploy": commands.cmd_deploy,
             "status": commands.cmd_status, "undeploy": commands.cmd_undeploy,
             "deploy-rollback": commands.cmd_deploy_rollback, "batch": commands.cmd_batch,
+            "invoke": commands.cmd_invoke,
             "up": platform_cli.cmd_up, "down": platform_cli.cmd_down, "platform": platform_cli.cmd_platform}
 PLATFORM_COMMANDS = {"up", "down", "platform"}  # these manage the platform, the others use it when it is up
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The container's entry point: no home, no platform, no Prefect; the socket opens before the model loads."""
+    from infra.sagemaker.serve import serve
+
+    serve(args.model_dir, args.host, args.port)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``slmops`` console script."""
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return cmd_serve(args)
     try:
         if args.command not in PLATFORM_COMMANDS:
             platform_cli.use_platform(get_settings().root)

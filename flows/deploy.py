@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from pydantic import Field
 
 from infra.targets import DeployConfig, Deployment, make_target
@@ -26,8 +27,14 @@ def deploy_model(model_ref: Annotated[str, Field(description="NAME@ALIAS (demo-s
                                                     "(demo-slm/3), resolved through the registry when the run "
                                                     "starts.")],
                  target: DeployConfig) -> Deployment:
-    """Deploy ``name@alias`` or ``name/version`` to ``target`` (local, foundry or ollama)."""
+    """Deploy ``name@alias`` or ``name/version`` to ``target`` (local, foundry, ollama or sagemaker)."""
     release = resolve_release_task(get_settings().root, model_ref)
     deployment = deploy_release_task(release, target)
     get_run_logger().info("%s version %s serves at %s", release.name, release.version, deployment.endpoint)
+    if deployment.details.get("cost_per_hour") is not None:
+        d = deployment.details
+        create_table_artifact(key="deploy-cost", description=f"Cost of {deployment.name} on {deployment.target}",
+                              table=[{"deployment": deployment.name, "version": release.version,
+                                      "instances": d.get("instance_count"), "instance_type": d.get("instance_type"),
+                                      "usd_per_hour": d["cost_per_hour"]}])
     return deployment

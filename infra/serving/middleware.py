@@ -19,6 +19,7 @@ from infra.serving.metrics import UNMATCHED
 from infra.serving.state import ServingState
 
 OPEN_ROUTES = {"/ping", "/health", "/metrics", "/openapi.json"}
+WHILE_LOADING = {"/ping", "/metrics", "/openapi.json"}  # the routes that answer before the model is loaded
 
 
 class ServingMiddleware:
@@ -63,6 +64,11 @@ class ServingMiddleware:
             if not secrets.compare_digest(given, f"Bearer {key.get_secret_value()}".encode()):
                 return ApiError(401, "missing or invalid API key (Authorization: Bearer …)", "authentication_error",
                                 code="invalid_api_key")
+        if not self.state.ready and route not in WHILE_LOADING:
+            problem = self.state.load_error
+            return ApiError(500 if problem else 503, f"the model failed to load: {problem}" if problem else
+                            "the model is loading; retry shortly", "server_error",
+                            headers={} if problem else {"Retry-After": "1"})
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.state.settings.max_body_bytes:
             return self._too_large()
@@ -118,5 +124,6 @@ async def _send_error(send: Send, error: ApiError) -> None:
     body = json.dumps(error.body()).encode()
     await send({"type": "http.response.start", "status": error.status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"),
+                            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items())]})
     await send({"type": "http.response.body", "body": body})

@@ -31,6 +31,16 @@ class ServingState:
         self.metrics.watch(self.engine)
         self.capture = Capture(self.settings.capture, self.settings.name, self.settings.version)
 
+    @property
+    def ready(self) -> bool:
+        """False while an engine that loads in the background (``slmops serve``) is still loading."""
+        return bool(getattr(self.engine, "ready", True))
+
+    @property
+    def load_error(self) -> str | None:
+        """Why a background-loading engine failed to load, or None."""
+        return getattr(self.engine, "load_error", None)
+
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking ``fn(*args)`` in the tokenizer pool, keeping the event loop free."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)

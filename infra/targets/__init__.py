@@ -3,10 +3,17 @@
 from pathlib import Path
 
 from infra.targets.base import DeployError, Deployment, DeploymentStatus, Target
-from infra.targets.config import DeployConfig, FoundryTargetConfig, LocalTargetConfig, OllamaTargetConfig
+from infra.targets.config import (
+    DeployConfig,
+    FoundryTargetConfig,
+    LocalTargetConfig,
+    OllamaTargetConfig,
+    SageMakerConfig,
+)
 
-TARGETS = ("local", "foundry", "ollama")
-CONFIGS = {"local": LocalTargetConfig, "foundry": FoundryTargetConfig, "ollama": OllamaTargetConfig}
+TARGETS = ("local", "foundry", "ollama", "sagemaker")
+CONFIGS = {"local": LocalTargetConfig, "foundry": FoundryTargetConfig, "ollama": OllamaTargetConfig,
+           "sagemaker": SageMakerConfig}
 
 
 def make_target(cfg: DeployConfig, root: Path) -> Target:
@@ -23,6 +30,10 @@ def make_target(cfg: DeployConfig, root: Path) -> Target:
         from infra.targets.ollama import OllamaTarget
 
         return OllamaTarget(cfg, root)
+    if isinstance(cfg, SageMakerConfig):
+        from infra.targets.sagemaker import SageMakerTarget
+
+        return SageMakerTarget(cfg, root)
     raise DeployError(f"unknown target config {cfg!r}; targets: {', '.join(TARGETS)}")
 
 

@@ -51,6 +51,7 @@ class DeploymentStatus(BaseModel):
     previous_version: str | None
     log: str | None = Field(description="Log file of what serves, where we keep one.")
     problem: str | None = Field(description="Why the deployment is down or drifted.")
+    cost_per_hour: float | None = Field(None, description="USD per hour of what serves, where the target knows it.")
     record: Deployment = Field(exclude=True, repr=False, description="The full record (never printed: secrets).")
 
     @classmethod

@@ -57,7 +57,41 @@ class LocalExecutorConfig(StageConfig):
                                 "else all cores).")
 
 
-ExecutorConfig = Annotated[LocalExecutorConfig, Field(discriminator="type")]
+class SageMakerExecutorConfig(StageConfig):
+    """One SageMaker batch transform job per part on the serving image: rows split by line, sent in
+    multi-record mini-batches, answers joined to their input rows (so each keeps its id)."""
+
+    type: Literal["sagemaker"] = "sagemaker"
+    region: str | None = Field(None, description="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION).")
+    endpoint_url: str | None = Field(None, description="AWS API endpoint override (default: AWS_ENDPOINT_URL).")
+    role_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$", description="Execution "
+                                 "role of the model (needed unless model_name names an existing model).")
+    bucket: str = Field(..., min_length=3, description="S3 bucket for model.tar.gz, job input and output.")
+    prefix: str = Field("slmops", description="Key prefix under the bucket.")
+    image_uri: str | None = Field(None, description="Serving image (needed unless model_name is set).")
+    model_name: str | None = Field(None, description="Existing SageMaker model to run instead of one made from "
+                                   "the model version (e.g. the one a sagemaker deployment created).")
+    instance_type: str = Field("ml.m5.large", pattern=r"^ml\.", description="Transform instance type.")
+    instance_count: int = Field(1, ge=1, description="Transform instances.")
+    max_payload_mb: int = Field(6, ge=1, le=100, description="Largest mini-batch sent in one request (MB).")
+    max_concurrent_transforms: int = Field(1, ge=1, description="Parallel requests per instance.")
+    invocations_timeout_s: int = Field(600, ge=1, le=3600, description="Timeout of one /invocations request.")
+    invocations_max_retries: int = Field(1, ge=0, le=3, description="Retries of a failed /invocations request.")
+    timeout_s: float = Field(6 * 3600, gt=0, description="How long one job may run before it is stopped.")
+    poll_s: float = Field(30, ge=0, description="Seconds between DescribeTransformJob polls.")
+    price_per_hour: float | None = Field(None, ge=0, description="USD per instance-hour for the cost report "
+                                         "(default: infra/sagemaker/pricing.py's table).")
+
+    @model_validator(mode="after")
+    def _payload(self) -> SageMakerExecutorConfig:
+        if self.max_payload_mb * self.max_concurrent_transforms > 100:
+            raise ValueError("max_payload_mb × max_concurrent_transforms must stay within 100 (SageMaker's limit)")
+        if self.model_name is None and (self.role_arn is None or self.image_uri is None):
+            raise ValueError("set model_name, or role_arn and image_uri to make a model from the version")
+        return self
+
+
+ExecutorConfig = Annotated[LocalExecutorConfig | SageMakerExecutorConfig, Field(discriminator="type")]
 
 
 class BatchConfig(StageConfig):
@@ -71,7 +105,8 @@ class BatchConfig(StageConfig):
     drift: DriftConfig = Field(default_factory=DriftConfig)
     checks: OutputChecks = Field(default_factory=OutputChecks)
     executor: ExecutorConfig = Field(default_factory=LocalExecutorConfig,
-                                     description="Where generation runs: local (this process).")
+                                     description="Where generation runs: local (this process) or sagemaker "
+                                     "(a batch transform job per part).")
 
     @model_validator(mode="before")
     @classmethod

@@ -163,6 +163,7 @@ class RunStats(BaseModel):
     records_generated: int
     generate_s: float
     started_at: str
+    usage: dict[str, float] = {}  # what a remote executor billed (jobs, instance_hours, cost_usd)
 
 
 def run_parts(job: BatchJob, config: BatchConfig) -> RunStats:
@@ -179,7 +180,7 @@ def run_parts(job: BatchJob, config: BatchConfig) -> RunStats:
             log.info("resuming %s: %d of %d parts committed already, %d to go", store.uri, len(done), len(job.parts),
                      len(todo))
         total = sum(len(job.parts[i]) for i in todo)
-        start = time.perf_counter()
+        start, usage = time.perf_counter(), {}
         if todo:
             executor = make_executor(job.release, config)
             try:
@@ -188,8 +189,9 @@ def run_parts(job: BatchJob, config: BatchConfig) -> RunStats:
                         _commit(store, job, index, executor, progress.update)
             finally:
                 executor.close()
+            usage = dict(getattr(executor, "usage", {}))
         return RunStats(parts_generated=len(todo), parts_kept=len(done), records_generated=total,
-                        generate_s=round(time.perf_counter() - start, 3), started_at=started_at)
+                        generate_s=round(time.perf_counter() - start, 3), started_at=started_at, usage=usage)
     finally:
         if isinstance(store, LocalStore):
             store.unlock()

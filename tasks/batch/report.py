@@ -57,8 +57,9 @@ class BatchReport(BaseModel):
         out = {"records": self.records, "errors": self.errors, "empty": c.empty, "truncated": c.truncated,
                "empty_share": c.empty / max(c.rows, 1), "truncated_share": c.truncated / max(c.rows, 1),
                "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
-        if self.timings.get("records_per_s") is not None:
-            out["records_per_s"] = self.timings["records_per_s"]
+        for key in ("records_per_s", "executor_instance_hours", "executor_cost_usd"):
+            if self.timings.get(key) is not None:
+                out[key] = self.timings[key]
         for f in self.drift.features if self.drift else []:
             out[f"drift_psi/{f.feature}"] = f.psi
         return {k: float(v) for k, v in out.items()}
@@ -107,7 +108,8 @@ def finish_job(job: BatchJob, stats: RunStats, drift: DriftReport | None, cfg: O
     rate = round(generated / stats.generate_s, 2) if generated and stats.generate_s else None
     timings = {"first_started_at": job.plan.created_at, "started_at": stats.started_at, "finished_at": finished,
                "generate_s": stats.generate_s, "records_generated": stats.records_generated,
-               "records_per_s": rate, "parts_generated": stats.parts_generated, "parts_resumed": stats.parts_kept}
+               "records_per_s": rate, "parts_generated": stats.parts_generated, "parts_resumed": stats.parts_kept,
+               **{f"executor_{k}": v for k, v in stats.usage.items()}}
     checks = check_outputs(rows, cfg)
     for warning in checks.warnings:
         log.warning("%s: %s", store.uri, warning)
