@@ -47,6 +47,64 @@ def make_model(out: Path) -> Path:
     return out / "model"
 
 
+def onnx_model(out: Path, model_dir: Path, precision: str) -> Path:
+    """``out/onnx-<precision>``: the model's onnxruntime-genai build (k_quant int4 in blocks of 32), built once."""
+    from tasks.config import QuantizeConfig
+    from tasks.quantize.onnx import build_onnx
+    from tasks.records import ModelDir
+
+    folder = out / f"onnx-{precision}"
+    if not (folder / "genai_config.json").is_file():
+        build_onnx(ModelDir(path=str(model_dir), digest="bench"), precision,
+                   QuantizeConfig(int4_block_size=32, int4_algorithm="k_quant"), folder)
+    return folder
+
+
+def gguf_models(out: Path, model_dir: Path, types: list[str]) -> dict[str, Path]:
+    """``out/gguf/model-<type>.gguf`` for each GGUF type (llama.cpp's converter and quantizer), built once."""
+    from tasks.quantize.gguf import build_gguf
+    from tasks.records import ModelDir
+
+    paths = {t: out / "gguf" / f"model-{t}.gguf" for t in types}
+    wanted = [t for t, path in paths.items() if not path.is_file()]
+    if wanted:
+        build_gguf(ModelDir(path=str(model_dir), digest="bench"), wanted, out / "gguf")
+    return paths
+
+
+def onnx_runner(folder: Path, threads: int | None):
+    """An OnnxRunner whose generator uses ``threads`` too.
+
+    OnnxRunner gives ``threads`` to its onnxruntime session only; its onnxruntime-genai model would use half the
+    cores. With ``threads`` its model is replaced by one configured as the server configures its own (OgModel).
+    """
+    from tasks.decoding import OgModel
+    from tasks.evaluate.runners import OnnxRunner
+
+    runner = OnnxRunner(str(folder), threads)
+    if threads:
+        runner.model = OgModel(folder, threads).model
+    return runner
+
+
+def gguf_runner(path: Path, threads: int | None):
+    """A GgufRunner whose llama.cpp context uses ``threads`` for prompt processing as well as for decoding.
+
+    GgufRunner sets ``n_threads`` only; llama-cpp-python then gives prompt batches every core
+    (``n_threads_batch``).
+    """
+    import llama_cpp
+
+    from tasks.evaluate.runners import GgufRunner
+
+    runner = GgufRunner(str(path), threads)
+    if threads:
+        llm = runner.llm
+        llm.n_threads = llm.n_threads_batch = llm.context_params.n_threads_batch = threads
+        llama_cpp.llama_set_n_threads(llm.ctx, threads, threads)
+    return runner
+
+
 def measure(runner, prompt: list[int], texts: list[list[int]], new_tokens: int, repeats: int) -> dict[str, float]:
     """Median decode tokens/s over ``repeats`` runs, time to first token, and perplexity over ``texts``."""
     runner.generate(prompt, 4, 4)  # warm-up
@@ -70,17 +128,13 @@ def main() -> None:
 
     import torch
 
-    from tasks.config import QuantizeConfig
-    from tasks.evaluate.runners import HfRunner, OnnxRunner
+    from tasks.evaluate.runners import HfRunner
     from tasks.modeling import load_tokenizer
-    from tasks.quantize.onnx import build_onnx
     from tasks.quantize.tools import disk_size
-    from tasks.records import ModelDir
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir = make_model(args.out)
-    model = ModelDir(path=str(model_dir), digest="bench")
     tok = load_tokenizer(str(model_dir))
     texts = [tok(tok.apply_chat_template(m, tokenize=False), add_special_tokens=False)["input_ids"]
              for m in (json.loads(line)["messages"]
@@ -90,22 +144,13 @@ def main() -> None:
     prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
 
     formats: list[tuple[str, object, Path]] = [("transformers fp32", HfRunner(str(model_dir)), model_dir)]
-    cfg = QuantizeConfig(int4_block_size=32, int4_algorithm="k_quant")
     for precision in ("int4", "int8", "fp32"):
-        folder = args.out / f"onnx-{precision}"
-        if not (folder / "genai_config.json").is_file():
-            build_onnx(model, precision, cfg, folder)
-        formats.append((f"ORT GenAI {precision}", OnnxRunner(str(folder), args.threads), folder))
+        folder = onnx_model(args.out, model_dir, precision)
+        formats.append((f"ORT GenAI {precision}", onnx_runner(folder, args.threads), folder))
     if importlib.util.find_spec("llama_cpp"):
-        from tasks.evaluate.runners import GgufRunner
-        from tasks.quantize.gguf import build_gguf
-
-        wanted = [t for t in ("Q4_0", "q8_0") if not (args.out / "gguf" / f"model-{t}.gguf").is_file()]
-        if wanted:
-            build_gguf(model, wanted, args.out / "gguf")
+        paths = gguf_models(args.out, model_dir, ["Q4_0", "q8_0"])
         for t, label in (("Q4_0", "llama.cpp Q4_0"), ("q8_0", "llama.cpp Q8_0")):
-            path = args.out / "gguf" / f"model-{t}.gguf"
-            formats.append((label, GgufRunner(str(path), args.threads), path))
+            formats.append((label, gguf_runner(paths[t], args.threads), paths[t]))
     else:
         print("llama-cpp-python not installed: skipping GGUF rows (pip install -e '.[gguf]')", file=sys.stderr)
 

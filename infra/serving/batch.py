@@ -81,7 +81,7 @@ class _Row:
 
 
 class BatchRun:
-    """Runs one batch to completion; every row ends with Done, or silently when cancelled."""
+    """Starts static batches and decodes them; every row ends with Done, or silently when cancelled."""
 
     def __init__(self, model: OgModel, tokenizer: Any, token_text: TokenText, stats: EngineStats):
         self.model, self.tokenizer, self.token_text, self.stats = model, tokenizer, token_text, stats
@@ -89,32 +89,13 @@ class BatchRun:
 
     def run(self, requests: list[GenerationRequest]) -> None:
         """Decode ``requests`` together until every row has finished or been cancelled."""
-        rows = [_Row(r) for r in requests]
-        generator = self._start(requests)
-        self.stats.active = len(rows)
-        first = True
-        try:
-            while not generator.is_done():
-                self._drop_cancelled(rows)
-                if all(row.done for row in rows):
-                    break
-                generator.generate_next_token()
-                tokens = generator.get_next_tokens()
-                wants = any(r.request.top_logprobs is not None and not r.done for r in rows)
-                logits = np.asarray(generator.get_output("logits")) if wants else None
-                for i, row in enumerate(rows):
-                    if row.done:
-                        continue
-                    # the first step's logits cover every prompt position: a row's own last one predicted it
-                    position = len(row.request.prompt_ids) - 1 if first else -1
-                    scores = logits[i, position] if logits is not None else None
-                    self._advance(row, int(tokens[i]), scores)
-                first = False
-            for row in rows:
-                if not row.done:
-                    self._finish(row, "length")
-        finally:
-            self.stats.active = 0
+        batch = self.start(requests)
+        while not batch.step():
+            pass
+
+    def start(self, requests: list[GenerationRequest]) -> ActiveBatch:
+        """Prefill ``requests`` as one batch, ready to be stepped (possibly in turn with other batches)."""
+        return ActiveBatch(self, requests)
 
     def _start(self, requests: list[GenerationRequest]) -> Any:
         # plan_batches made every batch fit the context window; each row stops at its own max_tokens
@@ -178,6 +159,56 @@ class BatchRun:
         self.stats.active -= 1
         row.request.emit(Done(reason, row.text, len(row.request.prompt_ids), len(row.tokens),
                               row.first_token_s or 0.0))
+
+
+class ActiveBatch:
+    """One static batch in progress: each ``step`` decodes one token for every live row."""
+
+    def __init__(self, runner: BatchRun, requests: list[GenerationRequest]):
+        self.runner, self.rows = runner, [_Row(r) for r in requests]
+        self.generator = runner._start(requests)
+        self.first = True
+        runner.stats.active += len(self.rows)
+
+    def step(self) -> bool:
+        """Decode one token for each live row; True once every row has finished (or been cancelled)."""
+        runner, rows, generator = self.runner, self.rows, self.generator
+        runner._drop_cancelled(rows)
+        if all(row.done for row in rows):
+            return True
+        if generator.is_done():
+            return self.finish()
+        generator.generate_next_token()
+        tokens = generator.get_next_tokens()
+        wants = any(r.request.top_logprobs is not None and not r.done for r in rows)
+        logits = np.asarray(generator.get_output("logits")) if wants else None
+        for i, row in enumerate(rows):
+            if row.done:
+                continue
+            # the first step's logits cover every prompt position: a row's own last one predicted it
+            position = len(row.request.prompt_ids) - 1 if self.first else -1
+            scores = logits[i, position] if logits is not None else None
+            runner._advance(row, int(tokens[i]), scores)
+        self.first = False
+        return self.finish() if generator.is_done() else all(row.done for row in rows)
+
+    def finish(self) -> bool:
+        """End every unfinished row with ``length`` (the generator reached its budget)."""
+        for row in self.rows:
+            if not row.done:
+                self.runner._finish(row, "length")
+        return True
+
+    def abandon(self) -> None:
+        """Forget the unfinished rows after a failure (the caller has told their requests)."""
+        for row in self.rows:
+            if not row.done:
+                row.done = True
+                self.runner.stats.active -= 1
+
+    def unfinished(self) -> list[GenerationRequest]:
+        """Requests whose rows have not ended."""
+        return [row.request for row in self.rows if not row.done]
 
 
 def _held_back(text: str, stops: list[str]) -> int:

@@ -1,10 +1,12 @@
 """Generation engine: one onnxruntime-genai model shared by concurrent requests through request batching.
 
-Requests wait in a bounded queue. A worker thread takes the first waiting request, gathers more for up to
-``batch_window_ms`` (at most ``max_batch_size``), splits them into batches that share sampling settings and fit
-the context window (``plan_batches``) and runs each as one static batch (``BatchRun``), streaming every row's
-events back to its caller. The engine knows nothing of HTTP: the serving app talks to it through
-``GenerationEngine`` (submit, events, cancel), so an iteration-level scheduler can replace this one.
+Requests wait in a bounded queue. A worker thread takes the waiting requests (the first waits up to
+``batch_window_ms`` for company when nothing is running), splits them into batches that share sampling settings
+and fit the context window (``plan_batches``) and prefills each as one static batch (``ActiveBatch``). Running
+batches are decoded in turn, one token per batch per round, and new batches are admitted between rounds (up to
+``max_running_batches``), so a request that arrives while a long batch runs starts at once instead of waiting
+for it to end. The engine knows nothing of HTTP: the serving app talks to it through ``GenerationEngine``
+(submit, events, cancel).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from infra.serving.batch import BatchRun, TokenText, plan_batches
+from infra.serving.batch import ActiveBatch, BatchRun, TokenText, plan_batches
 from infra.serving.protocol import EngineStats, Failed, GenerationRequest, QueueFullError
 from tasks.decoding import OgModel
 
@@ -29,6 +31,8 @@ class EngineConfig(BaseModel, extra="forbid"):
     max_queue: int = Field(64, gt=0, description="Requests waiting for the engine before new ones get 503.")
     batch_window_ms: float = Field(5.0, ge=0, description="How long the first waiting request waits for company.")
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 uses every available core.")
+    max_running_batches: int = Field(4, gt=0, description="Batches decoded in turn: a request arriving while "
+                                     "others run starts its own batch at once (1: one static batch at a time).")
 
 
 class Engine:
@@ -70,28 +74,48 @@ class Engine:
         self._stop.set()
 
     def _loop(self) -> None:
+        running: list[ActiveBatch] = []
         while not self._stop.is_set():
-            waiting = self._gather()
-            live = [r for r in waiting if not r.cancelled]
-            self.stats.cancelled += len(waiting) - len(live)
-            for batch in plan_batches(live, self.context_length, self.config.max_batch_size):
-                if self.on_batch:
-                    self.on_batch(len(batch))
+            if len(running) < self.config.max_running_batches:
+                self._admit(self._gather(wait=not running), running)
+            for batch in list(running):
                 try:
-                    self._runner.run(batch)
+                    finished = batch.step()
                 except Exception as exc:  # a failed batch must answer its callers, not kill the worker
-                    for request in batch:
-                        request.emit(Failed(f"generation failed: {exc}"))
+                    self._fail(batch.unfinished(), exc)
+                    batch.abandon()
+                    finished = True
+                if finished:
+                    running.remove(batch)
 
-    def _gather(self) -> list[GenerationRequest]:
+    def _admit(self, waiting: list[GenerationRequest], running: list[ActiveBatch]) -> None:
+        live = [r for r in waiting if not r.cancelled]
+        self.stats.cancelled += len(waiting) - len(live)
+        for requests in plan_batches(live, self.context_length, self.config.max_batch_size):
+            if self.on_batch:
+                self.on_batch(len(requests))
+            try:
+                running.append(self._runner.start(requests))
+            except Exception as exc:
+                self._fail(requests, exc)
+
+    @staticmethod
+    def _fail(requests: list[GenerationRequest], exc: Exception) -> None:
+        for request in requests:
+            request.emit(Failed(f"generation failed: {exc}"))
+
+    def _gather(self, wait: bool) -> list[GenerationRequest]:
+        """Waiting requests: with ``wait`` (nothing running) block for the first one and give it company for up to
+        ``batch_window_ms``; without, take only what is already queued."""
         try:
-            batch = [self._queue.get(timeout=0.2)]
+            batch = [self._queue.get(timeout=0.2) if wait else self._queue.get_nowait()]
         except queue.Empty:
             return []
-        deadline = time.perf_counter() + self.config.batch_window_ms / 1000
+        deadline = time.perf_counter() + (self.config.batch_window_ms / 1000 if wait else 0)
         while len(batch) < self.config.max_batch_size:
             try:
-                batch.append(self._queue.get(timeout=max(deadline - time.perf_counter(), 0)))
+                remaining = deadline - time.perf_counter()
+                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
             except queue.Empty:
                 break
         return batch

@@ -46,4 +46,4 @@ class _EngineCollector(Collector):
         yield CounterMetricFamily("slmops_engine_tokens", "Tokens decoded for live rows", value=stats.tokens)
         yield CounterMetricFamily("slmops_engine_cancelled", "Requests dropped because their client went away",
                                   value=stats.cancelled)
-        yield GaugeMetricFamily("slmops_engine_active_rows", "Rows in the running batch", value=stats.active)
+        yield GaugeMetricFamily("slmops_engine_active_rows", "Rows of the running batches", value=stats.active)

@@ -82,7 +82,7 @@ class EngineStats:
     batches: int = 0
     tokens: int = 0  # tokens decoded for live rows (what generation really cost)
     cancelled: int = 0  # requests dropped because their client went away
-    active: int = 0  # rows in the batch now running
+    active: int = 0  # rows of the running batches
 
 
 class GenerationEngine(Protocol):

