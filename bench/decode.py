@@ -18,8 +18,12 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+if TYPE_CHECKING:
+    from tasks.evaluate.runners import GgufRunner, OnnxRunner
 
 SMOLLM_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                    num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True,
@@ -72,7 +76,7 @@ def gguf_models(out: Path, model_dir: Path, types: list[str]) -> dict[str, Path]
     return paths
 
 
-def onnx_runner(folder: Path, threads: int | None):
+def onnx_runner(folder: Path, threads: int | None) -> OnnxRunner:
     """An OnnxRunner whose generator uses ``threads`` too.
 
     OnnxRunner gives ``threads`` to its onnxruntime session only; its onnxruntime-genai model would use half the
@@ -87,7 +91,7 @@ def onnx_runner(folder: Path, threads: int | None):
     return runner
 
 
-def gguf_runner(path: Path, threads: int | None):
+def gguf_runner(path: Path, threads: int | None) -> GgufRunner:
     """A GgufRunner whose llama.cpp context uses ``threads`` for prompt processing as well as for decoding.
 
     GgufRunner sets ``n_threads`` only; llama-cpp-python then gives prompt batches every core

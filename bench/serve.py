@@ -1,51 +1,157 @@
-"""Served decode speed: HTTP (one stream) vs in-process onnxruntime-genai vs transformers fp32, all on the same
-model in one run; then aggregate throughput of the server with 1, 4 and 16 concurrent clients.
+"""Served decode speed against in-process runtimes, TTFT under load, and memory-bandwidth share, in one run.
 
-The model is bench/decode.py's SmolLM-135M-shaped Llama (random init), served as its int4 ONNX build by our
-runtime (``python -m infra.serving``) on 127.0.0.1.
+The model is bench/decode.py's SmolLM-135M-shaped Llama (random init): its int4 ONNX build is served by our
+runtime (``python -m infra.serving``) on 127.0.0.1 and also decoded in-process by onnxruntime-genai; its GGUF
+Q4_0 build is decoded in-process by llama.cpp (llama-cpp-python); transformers fp32 is the baseline. Every path
+uses the same ``--threads`` (server ``--threads``, onnxruntime-genai intra-op threads, llama.cpp ``n_threads`` and
+``n_threads_batch``, ``torch.set_num_threads``).
 
-    python bench/serve.py [--new-tokens 64] [--repeats 3] [--requests 4] [--max-batch-size 16]
+    python bench/serve.py [--new-tokens 64] [--repeats 3] [--requests 4] [--probes 20] [--max-batch-size 16]
+                          [--threads N (default: available cores)] [--out .slmops/bench]
+
+Tables printed:
+
+1. Single-stream decode tokens/s and TTFT of each path, with ratios to transformers fp32 and llama.cpp Q4_0.
+2. Server aggregate completion tokens/s with 1, 4 and 16 concurrent clients, each sending ``--requests``
+   fixed-length requests, and p50/p95 TTFT under each of those loads; then the unloaded TTFT and how much the
+   p95 under 16 clients exceeds it.
+3. Memory-bandwidth share: decode tokens/s × weight bytes per token ÷ the machine's read bandwidth, for the
+   served int4 path and llama.cpp Q4_0.
+
+How TTFT is measured over HTTP. The first generated token must be visible on the wire, and with this random
+model it is not: its tokens decode to empty text (ids beyond the small tokenizer's vocabulary), the server emits
+a stream chunk only when the text grows, and it holds back a token's logprobs until there is text to send with
+them (or the request finishes), so neither the first non-empty ``delta.content`` nor ``logprobs: true`` marks
+the first token of a long request. Asking for logprobs would also make the engine fetch the logits of the whole
+batch at every step, slowing the load the probe measures. So TTFT is measured with probes: streamed requests
+for exactly one token (``max_tokens = min_tokens = 1``), timed from sending to the first SSE chunk that carries
+content or a ``finish_reason``. A one-token request finishes in the engine step that produced its token, so
+that chunk leaves the server right after the first token; the usage chunk confirms one token was generated. The
+time covers HTTP, chat templating, queueing, prefill and that first step. Under load, ``--probes`` probes run
+one after another while the clients keep fixed-length requests in flight (a separate phase from the throughput
+measurement, which the probes would otherwise disturb); unloaded TTFT is the same probe with no other client.
+In-process TTFTs are each runner's own (prompt prefill plus the first token), without HTTP or templating.
+
+Memory bandwidth is the best of 3 timed sums over a 512 MB float32 array split across ``--threads`` threads.
+Weight bytes read per token are the sizes of the int4 model's ``model.onnx`` + ``model.onnx.data`` and of the
+GGUF file. Both builds tie the embedding table to the output projection, which reads all of it every token, so
+the file size is a close estimate; the KV cache and activations are not counted.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import importlib.util
+import json
 import statistics
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+import numpy as np
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
+if TYPE_CHECKING:
+    from tasks.evaluate.runners import Runner
 
-def request_once(url: str, prompt: str, new_tokens: int) -> tuple[int, float, float]:
-    """(tokens, time to first token, total seconds) for one client over HTTP.
+PROMPT = "Reverse: a b c d e"
+CLIENT_LOADS = (1, 4, 16)
 
-    TTFT is the latency of a 1-token request; the fixed-length request's usage gives the token count (the
-    random bench model emits ids its small tokenizer decodes to nothing, so streamed text cannot be counted).
+
+@dataclass
+class PathSpeed:
+    """Single-stream speed of one decoding path."""
+
+    label: str
+    decode_tokens_per_s: float
+    ttft_s: float
+
+
+@dataclass
+class LoadResult:
+    """The server under ``clients`` concurrent callers: aggregate throughput and probe TTFTs."""
+
+    clients: int
+    tokens_per_s: float
+    ttfts_s: list[float]
+
+    def ttft_percentile(self, q: float) -> float:
+        """The ``q``-th percentile of the probe TTFTs, in seconds."""
+        return float(np.percentile(self.ttfts_s, q))
+
+
+# --- HTTP -------------------------------------------------------------------------------------------------------
+
+
+def chat_body(new_tokens: int, stream: bool = False) -> dict:
+    """A greedy chat request for exactly ``new_tokens`` tokens (end-of-sequence suppressed until then)."""
+    body: dict = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": new_tokens,
+                  "min_tokens": new_tokens}
+    if stream:
+        body.update(stream=True, stream_options={"include_usage": True})
+    return body
+
+
+def completion(http: httpx.Client, url: str, new_tokens: int) -> tuple[int, float]:
+    """Completion tokens and seconds of one non-streamed fixed-length request."""
+    start = time.perf_counter()
+    reply = http.post(f"{url}/v1/chat/completions", json=chat_body(new_tokens))
+    reply.raise_for_status()
+    return reply.json()["usage"]["completion_tokens"], time.perf_counter() - start
+
+
+def probe_ttft(http: httpx.Client, url: str) -> float:
+    """Seconds from sending a streamed one-token request to the first SSE chunk carrying its token.
+
+    That chunk is the first with non-empty ``delta.content`` or a ``finish_reason`` (see the module docstring);
+    the stream is read to its end so the connection can be reused, and its usage must count one token.
     """
-    def call(n: int) -> tuple[int, float]:
-        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": n, "min_tokens": n}
-        start = time.perf_counter()
-        reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600).json()
-        return reply["usage"]["completion_tokens"], time.perf_counter() - start
+    start = time.perf_counter()
+    ttft = tokens = None
+    with http.stream("POST", f"{url}/v1/chat/completions", json=chat_body(1, stream=True)) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line.removeprefix("data: "))
+            choice = chunk["choices"][0] if chunk["choices"] else {}
+            if ttft is None and (choice.get("delta", {}).get("content") or choice.get("finish_reason")):
+                ttft = time.perf_counter() - start
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    if ttft is None or tokens != 1:
+        raise RuntimeError(f"TTFT probe: expected one generated token and its chunk, got {tokens} tokens")
+    return ttft
 
-    _, ttft = call(1)
-    tokens, total = call(new_tokens)
-    return tokens, ttft, total
+
+def served_single_stream(url: str, new_tokens: int, repeats: int) -> PathSpeed:
+    """Median decode tokens/s and TTFT of one client: each repeat is a TTFT probe, then a ``new_tokens`` request.
+
+    Decode rate: the tokens after the first over the fixed-length request's time minus the probe's TTFT.
+    """
+    with httpx.Client(timeout=600) as http:
+        probe_ttft(http, url)  # warm-up
+        completion(http, url, 4)
+        runs = []
+        for _ in range(repeats):
+            ttft = probe_ttft(http, url)
+            tokens, total = completion(http, url, new_tokens)
+            runs.append(((tokens - 1) / (total - ttft), ttft))
+    return PathSpeed("served over HTTP (one client), int4", statistics.median(r[0] for r in runs),
+                     statistics.median(r[1] for r in runs))
 
 
-def throughput(url: str, prompt: str, new_tokens: int, clients: int, requests: int) -> float:
+def throughput(url: str, new_tokens: int, clients: int, requests: int) -> float:
     """Completion tokens per second across ``clients`` concurrent callers sending ``requests`` each."""
-    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": new_tokens, "min_tokens": new_tokens}
-
     def caller(_: int) -> int:
         with httpx.Client(timeout=600) as http:
-            return sum(http.post(f"{url}/v1/chat/completions", json=body).json()["usage"]["completion_tokens"]
-                       for _ in range(requests))
+            return sum(completion(http, url, new_tokens)[0] for _ in range(requests))
 
     start = time.perf_counter()
     with cf.ThreadPoolExecutor(clients) as pool:
@@ -53,68 +159,191 @@ def throughput(url: str, prompt: str, new_tokens: int, clients: int, requests: i
     return tokens / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="Timed single-stream runs per path.")
-    parser.add_argument("--requests", type=int, default=4, help="Requests per client in the throughput runs.")
-    parser.add_argument("--max-batch-size", type=int, default=16, help="Server batch size.")
-    parser.add_argument("--out", type=Path, default=Path(".slmops/bench"))
-    args = parser.parse_args()
+def wait_for_load(http: httpx.Client, url: str, clients: int, timeout_s: float = 60.0) -> None:
+    """Block until the server holds ``clients`` requests (running or queued), as its /health reports."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        health = http.get(f"{url}/health").json()
+        if health["active_rows"] + health["queue_depth"] >= clients:
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"the server never held {clients} requests")
 
-    from decode import make_model
 
+def ttfts_under_load(url: str, new_tokens: int, clients: int, probes: int) -> list[float]:
+    """TTFTs of ``probes`` sequential probes while ``clients`` callers keep ``new_tokens`` requests in flight."""
+    stop = threading.Event()
+
+    def caller() -> None:
+        with httpx.Client(timeout=600) as http:
+            while not stop.is_set():
+                completion(http, url, new_tokens)
+
+    with cf.ThreadPoolExecutor(max(clients, 1)) as pool, httpx.Client(timeout=600) as http:
+        callers = [pool.submit(caller) for _ in range(clients)]
+        try:
+            wait_for_load(http, url, clients)
+            ttfts = [probe_ttft(http, url) for _ in range(probes)]
+        finally:
+            stop.set()
+        for c in callers:
+            c.result()
+    return ttfts
+
+
+def measure_server(onnx: Path, args: argparse.Namespace) -> tuple[PathSpeed, list[float], list[LoadResult]]:
+    """Start the server on the int4 build; its single-stream speed, unloaded probe TTFTs and each load's results."""
     from infra import process
-    from tasks.config import QuantizeConfig
-    from tasks.evaluate.runners import HfRunner, OnnxRunner
-    from tasks.quantize.onnx import build_onnx
-    from tasks.records import ModelDir
-
-    model_dir = make_model(args.out)
-    onnx = args.out / "onnx-int4"
-    if not (onnx / "genai_config.json").is_file():
-        build_onnx(ModelDir(path=str(model_dir), digest="bench"), "int4", QuantizeConfig(int4_block_size=32), onnx)
-    prompt = "Reverse: a b c d e"
 
     port = process.free_port()
     log = args.out / "serve-bench.log"
     pid = process.start(["-m", "infra.serving", str(onnx), "--name", "bench", "--port", str(port),
-                         "--max-batch-size", str(args.max_batch_size), "--max-queue", "256"], log)
+                         "--max-batch-size", str(args.max_batch_size), "--max-queue", "256",
+                         "--threads", str(args.threads)], log)
     url = f"http://127.0.0.1:{port}"
     try:
         process.wait_healthy(f"{url}/ping", pid, log, 300)
-        request_once(url, prompt, 4)  # warm-up
-        http_runs = [request_once(url, prompt, args.new_tokens) for _ in range(args.repeats)]
-        rows = [("served over HTTP (one client), int4",
-                 statistics.median((n - 1) / (total - ttft) for n, ttft, total in http_runs),
-                 statistics.median(t for _, t, _ in http_runs))]
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(model_dir))
-        ids = tok(tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                          add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-        for label, runner in (("in-process onnxruntime-genai, int4", OnnxRunner(str(onnx))),
-                              ("in-process transformers fp32", HfRunner(str(model_dir)))):
-            runner.generate(ids, 4, 4)
-            runs = [runner.generate(ids, args.new_tokens, args.new_tokens) for _ in range(args.repeats)]
-            rows.append((label, statistics.median((len(r.tokens) - 1) / (r.total_s - r.ttft_s) for r in runs),
-                         statistics.median(r.ttft_s for r in runs)))
-        aggregate = {c: throughput(url, prompt, args.new_tokens, c, args.requests) for c in (1, 4, 16)}
+        single = served_single_stream(url, args.new_tokens, args.repeats)
+        unloaded = ttfts_under_load(url, args.new_tokens, 0, args.probes)
+        loads = [LoadResult(c, throughput(url, args.new_tokens, c, args.requests),
+                            ttfts_under_load(url, args.new_tokens, c, args.probes)) for c in CLIENT_LOADS]
     finally:
         process.stop(pid)
+    return single, unloaded, loads
 
-    print(f"\nSmolLM-135M shape (random init), {args.new_tokens} new tokens, median of {args.repeats}\n")
-    print("| path | decode tokens/s | vs transformers fp32 | TTFT ms |")
-    print("|---|---:|---:|---:|")
-    base = rows[-1][1]
-    for label, tps, ttft in rows:
-        print(f"| {label} | {tps:.1f} | {tps / base:.2f}x | {1000 * ttft:.1f} |")
-    print(f"\nServer aggregate throughput (int4, max batch {args.max_batch_size}, {args.requests} requests per client, "
-          f"{args.new_tokens} tokens each)\n")
-    print("| concurrent clients | completion tokens/s | vs 1 client |")
-    print("|---:|---:|---:|")
-    for c, tps in aggregate.items():
-        print(f"| {c} | {tps:.1f} | {tps / aggregate[1]:.2f}x |")
+
+# --- in-process runtimes ----------------------------------------------------------------------------------------
+
+
+def in_process_speed(label: str, runner: Runner, prompt_ids: list[int], new_tokens: int, repeats: int) -> PathSpeed:
+    """Median decode tokens/s (tokens after the first over the time after it) and TTFT of a runner."""
+    runner.generate(prompt_ids, 4, 4)  # warm-up
+    runs = [runner.generate(prompt_ids, new_tokens, new_tokens) for _ in range(repeats)]
+    return PathSpeed(label, statistics.median((len(r.tokens) - 1) / (r.total_s - r.ttft_s) for r in runs),
+                     statistics.median(r.ttft_s for r in runs))
+
+
+def measure_in_process(model_dir: Path, onnx: Path, gguf: Path | None, args: argparse.Namespace) -> list[PathSpeed]:
+    """onnxruntime-genai int4, llama.cpp Q4_0 (when ``gguf``) and transformers fp32, one runner loaded at a time."""
+    import torch
+    from decode import gguf_runner, onnx_runner
+
+    from tasks.evaluate.runners import HfRunner
+    from tasks.modeling import load_tokenizer
+
+    torch.set_num_threads(args.threads)
+    tok = load_tokenizer(str(model_dir))
+    prompt = tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True)
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    makers = [("in-process onnxruntime-genai, int4", lambda: onnx_runner(onnx, args.threads))]
+    if gguf:
+        makers.append(("in-process llama.cpp Q4_0", lambda: gguf_runner(gguf, args.threads)))
+    makers.append(("in-process transformers fp32", lambda: HfRunner(str(model_dir))))
+    return [in_process_speed(label, make(), ids, args.new_tokens, args.repeats) for label, make in makers]
+
+
+# --- memory bandwidth -------------------------------------------------------------------------------------------
+
+
+def read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 3) -> float:
+    """Bytes per second read by summing a float32 array split across ``threads`` threads (best of ``repeats``)."""
+    data = np.ones(megabytes * 2**20 // 4, dtype=np.float32)
+    chunks = np.array_split(data, threads)
+    best = float("inf")
+    with cf.ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(np.sum, chunks))
+            best = min(best, time.perf_counter() - start)
+    return data.nbytes / best
+
+
+def onnx_weight_bytes(folder: Path) -> int:
+    """Bytes of an onnxruntime-genai build's graph and external weights (model.onnx + model.onnx.data)."""
+    files = [folder / "model.onnx", folder / "model.onnx.data"]
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+# --- report -----------------------------------------------------------------------------------------------------
+
+
+def ratio(a: float, b: float | None) -> str:
+    """``a / b`` as ``1.23x``, or a dash without ``b``."""
+    return f"{a / b:.2f}x" if b else "–"
+
+
+def print_single_stream(rows: list[PathSpeed], args: argparse.Namespace) -> None:
+    """Table 1: decode tokens/s and TTFT of every path."""
+    base = next(r.decode_tokens_per_s for r in rows if "transformers" in r.label)
+    llama = next((r.decode_tokens_per_s for r in rows if "llama.cpp" in r.label), None)
+    print(f"\nSmolLM-135M shape (random init), {args.new_tokens} new tokens, median of {args.repeats}, "
+          f"threads={args.threads}\n")
+    print("| path | decode tokens/s | vs transformers fp32 | vs llama.cpp Q4_0 | TTFT ms |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r.label} | {r.decode_tokens_per_s:.1f} | {ratio(r.decode_tokens_per_s, base)} | "
+              f"{ratio(r.decode_tokens_per_s, llama)} | {1000 * r.ttft_s:.1f} |")
+
+
+def print_loads(loads: list[LoadResult], unloaded: list[float], args: argparse.Namespace) -> None:
+    """Table 2: aggregate throughput and probe TTFT percentiles per load, then the unloaded TTFT."""
+    print(f"\nServer under load (int4, max batch {args.max_batch_size}, threads={args.threads}): throughput from "
+          f"{args.requests} requests per client of {args.new_tokens} tokens; TTFT from {args.probes} one-token "
+          f"probes while the clients keep requests in flight\n")
+    print("| concurrent clients | completion tokens/s | vs 1 client | TTFT p50 ms | TTFT p95 ms |")
+    print("|---:|---:|---:|---:|---:|")
+    for load in loads:
+        print(f"| {load.clients} | {load.tokens_per_s:.1f} | {ratio(load.tokens_per_s, loads[0].tokens_per_s)} | "
+              f"{1000 * load.ttft_percentile(50):.1f} | {1000 * load.ttft_percentile(95):.1f} |")
+    idle = float(np.median(unloaded))
+    print(f"\nUnloaded TTFT (median of {len(unloaded)} probes): {1000 * idle:.1f} ms; "
+          f"p95 under {loads[-1].clients} clients ÷ unloaded: {loads[-1].ttft_percentile(95) / idle:.1f}x")
+
+
+def print_bandwidth(rows: list[tuple[str, float, int]], bandwidth: float, threads: int) -> None:
+    """Table 3: share of the read bandwidth that decoding uses, for (label, tokens/s, weight bytes) rows."""
+    print(f"\nMemory read bandwidth: {bandwidth / 1e9:.1f} GB/s (sum over 512 MB float32, threads={threads}, "
+          f"best of 3)\n")
+    print("| path | decode tokens/s | weight MB read per token | GB/s read | share of bandwidth |")
+    print("|---|---:|---:|---:|---:|")
+    for label, tps, size in rows:
+        read = tps * size
+        print(f"| {label} | {tps:.1f} | {size / 1e6:.1f} | {read / 1e9:.2f} | {100 * read / bandwidth:.0f}% |")
+
+
+def main() -> None:
+    from tasks.decoding import available_cores
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--new-tokens", type=int, default=64, help="Tokens per timed request (default 64).")
+    parser.add_argument("--repeats", type=int, default=3, help="Timed single-stream runs per path (default 3).")
+    parser.add_argument("--requests", type=int, default=4, help="Requests per client in the throughput runs.")
+    parser.add_argument("--probes", type=int, default=20, help="TTFT probes per load level (default 20).")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="Server batch size (default 16).")
+    parser.add_argument("--threads", type=int, default=available_cores(),
+                        help="CPU threads of every runtime (default: the available cores).")
+    parser.add_argument("--out", type=Path, default=Path(".slmops/bench"), help="Working folder.")
+    args = parser.parse_args()
+
+    from decode import gguf_models, make_model, onnx_model
+
+    model_dir = make_model(args.out)
+    onnx = onnx_model(args.out, model_dir, "int4")
+    gguf = gguf_models(args.out, model_dir, ["Q4_0"])["Q4_0"] if importlib.util.find_spec("llama_cpp") else None
+    if gguf is None:
+        print("llama-cpp-python not installed: no llama.cpp row (pip install -e '.[gguf]')", file=sys.stderr)
+
+    served, unloaded, loads = measure_server(onnx, args)
+    rows = [served, *measure_in_process(model_dir, onnx, gguf, args)]
+    bandwidth = read_bandwidth(args.threads)
+
+    print_single_stream(rows, args)
+    print_loads(loads, unloaded, args)
+    weights = [(served.label, served.decode_tokens_per_s, onnx_weight_bytes(onnx))]
+    if gguf:
+        llama = next(r for r in rows if "llama.cpp" in r.label)
+        weights.append((llama.label, llama.decode_tokens_per_s, gguf.stat().st_size))
+    print_bandwidth(weights, bandwidth, args.threads)
 
 
 if __name__ == "__main__":
