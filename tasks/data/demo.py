@@ -140,7 +140,8 @@ TINY_SPEC = DemoSpec(
     seed=1, vocab_size=320, other_vocab_size=300,
     teacher=ModelShape(architecture="llama", hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128,
                        max_positions=128),
-    student=ModelShape(architecture="qwen2", hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64,
+    # hidden 64: k_quant int4 with the demo's block size 32 needs an even number of blocks per input dimension
+    student=ModelShape(architecture="qwen2", hidden_size=64, layers=1, heads=2, kv_heads=1, intermediate_size=128,
                        max_positions=128),
     teacher_training=TrainLoopConfig(steps=40, batch_size=16, learning_rate=5e-3, warmup_steps=5, eval_every=20),
 )

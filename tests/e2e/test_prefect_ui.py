@@ -66,18 +66,26 @@ def test_a_pipeline_run_submitted_from_the_prefect_ui_form_completes(platform, b
     # one changed field: no exact-match floor (the tiny demo model cannot reach the demo's 0.3)
     floors = field(page, "Floors per metric of the served artifact").locator("textarea")
     floors.scroll_into_view_if_needed()
-    # typed as a person would: the code editor may close a bracket itself (fill() left a lone "{" once)
-    floors.click()
-    floors.press("Control+A")
-    floors.press("Backspace")
-    floors.press_sequentially("{")
-    if floors.input_value() != "{}":
-        floors.press_sequentially("}")
+    # pasted as a person would (one input event); the code editor re-renders as it validates, so check it settled
+    for _ in range(5):
+        floors.click()
+        floors.press("Control+A")
+        page.keyboard.insert_text("{}")
+        page.wait_for_timeout(500)
+        if floors.input_value() == "{}":
+            break
     expect(floors).to_have_value("{}")
     page.screenshot(path=SHOTS / "2-run-form.png")
     page.get_by_role("button", name="Submit").click()
-    page.wait_for_url("**/deployments/deployment/**?tab=Runs", timeout=60_000)  # the UI shows the new run there
-    runs = [r for r in platform.flow_runs("slm_pipeline") if r["deployment_id"] == deployment_id]
+
+    def submitted() -> list[dict]:
+        return [r for r in platform.flow_runs("slm_pipeline") if r["deployment_id"] == deployment_id]
+
+    try:
+        wait_for(submitted, timeout_s=60, what="the run submitted from the form")
+    finally:
+        page.screenshot(path=SHOTS / "2b-after-submit.png", full_page=True)
+    runs = submitted()
     assert len(runs) == 1, "one run was submitted"
     run = runs[0]
     run_id = run["id"]
