@@ -67,9 +67,8 @@ def ollama_server(tmp_path: Path):
 
 
 @pytest.fixture
-def s3_bucket(monkeypatch: pytest.MonkeyPatch):
-    """A moto S3 server on 127.0.0.1 with an empty bucket ``batch``; boto3 reaches it via AWS_ENDPOINT_URL."""
-    import boto3
+def aws_endpoint(monkeypatch: pytest.MonkeyPatch):
+    """A moto server on 127.0.0.1 (AWS cannot exist here); boto3 reaches it via AWS_ENDPOINT_URL."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -79,7 +78,15 @@ def s3_bucket(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(aws_endpoint: str):
+    """An S3 client on the moto server with an empty bucket ``batch``."""
+    import boto3
+
     client = boto3.client("s3")
     client.create_bucket(Bucket="batch")
-    yield client
-    server.stop()
+    return client

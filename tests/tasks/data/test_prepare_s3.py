@@ -17,20 +17,11 @@ from tasks.errors import DatasetError, DataSourceError
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+def s3(aws_endpoint: str):
+    """An S3 client on the moto server (tests/conftest.py) with an empty bucket ``datasets``."""
     client = boto3.client("s3")
     client.create_bucket(Bucket="datasets")
-    yield client
-    server.stop()
+    return client
 
 
 def test_reads_and_prepares_from_s3(s3, tmp_path) -> None:
