@@ -9,6 +9,7 @@ from prefect.artifacts import create_table_artifact
 from pydantic import Field
 
 from infra.targets import DeployConfig, Deployment, make_target
+from registry.costs import log_deploy_cost
 from registry.resolve import resolve_release_task
 from tasks.records import ModelRelease
 from tasks.settings import get_settings
@@ -37,4 +38,7 @@ def deploy_model(model_ref: Annotated[str, Field(description="NAME@ALIAS (demo-s
                               table=[{"deployment": deployment.name, "version": release.version,
                                       "instances": d.get("instance_count"), "instance_type": d.get("instance_type"),
                                       "usd_per_hour": d["cost_per_hour"]}])
+        task(log_deploy_cost, name="log-deploy-cost")(
+            get_settings().root, deployment.name, deployment.target, release.name, str(release.version),
+            d["cost_per_hour"], d.get("instance_count"), d.get("instance_type"))
     return deployment
