@@ -18,12 +18,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-if TYPE_CHECKING:
-    from tasks.evaluate.runners import GgufRunner, OnnxRunner
 
 SMOLLM_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                    num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True,
@@ -76,39 +72,6 @@ def gguf_models(out: Path, model_dir: Path, types: list[str]) -> dict[str, Path]
     return paths
 
 
-def onnx_runner(folder: Path, threads: int | None) -> OnnxRunner:
-    """An OnnxRunner whose generator uses ``threads`` too.
-
-    OnnxRunner gives ``threads`` to its onnxruntime session only; its onnxruntime-genai model would use half the
-    cores. With ``threads`` its model is replaced by one configured as the server configures its own (OgModel).
-    """
-    from tasks.decoding import OgModel
-    from tasks.evaluate.runners import OnnxRunner
-
-    runner = OnnxRunner(str(folder), threads)
-    if threads:
-        runner.model = OgModel(folder, threads).model
-    return runner
-
-
-def gguf_runner(path: Path, threads: int | None) -> GgufRunner:
-    """A GgufRunner whose llama.cpp context uses ``threads`` for prompt processing as well as for decoding.
-
-    GgufRunner sets ``n_threads`` only; llama-cpp-python then gives prompt batches every core
-    (``n_threads_batch``).
-    """
-    import llama_cpp
-
-    from tasks.evaluate.runners import GgufRunner
-
-    runner = GgufRunner(str(path), threads)
-    if threads:
-        llm = runner.llm
-        llm.n_threads = llm.n_threads_batch = llm.context_params.n_threads_batch = threads
-        llama_cpp.llama_set_n_threads(llm.ctx, threads, threads)
-    return runner
-
-
 def measure(runner, prompt: list[int], texts: list[list[int]], new_tokens: int, repeats: int) -> dict[str, float]:
     """Median decode tokens/s over ``repeats`` runs, time to first token, and perplexity over ``texts``."""
     runner.generate(prompt, 4, 4)  # warm-up
@@ -132,7 +95,7 @@ def main() -> None:
 
     import torch
 
-    from tasks.evaluate.runners import HfRunner
+    from tasks.evaluate.runners import GgufRunner, HfRunner, OnnxRunner
     from tasks.modeling import load_tokenizer
     from tasks.quantize.tools import disk_size
 
@@ -150,11 +113,11 @@ def main() -> None:
     formats: list[tuple[str, object, Path]] = [("transformers fp32", HfRunner(str(model_dir)), model_dir)]
     for precision in ("int4", "int8", "fp32"):
         folder = onnx_model(args.out, model_dir, precision)
-        formats.append((f"ORT GenAI {precision}", onnx_runner(folder, args.threads), folder))
+        formats.append((f"ORT GenAI {precision}", OnnxRunner(str(folder), args.threads), folder))
     if importlib.util.find_spec("llama_cpp"):
         paths = gguf_models(args.out, model_dir, ["Q4_0", "q8_0"])
         for t, label in (("Q4_0", "llama.cpp Q4_0"), ("q8_0", "llama.cpp Q8_0")):
-            formats.append((label, gguf_runner(paths[t], args.threads), paths[t]))
+            formats.append((label, GgufRunner(str(paths[t]), args.threads), paths[t]))
     else:
         print("llama-cpp-python not installed: skipping GGUF rows (pip install -e '.[gguf]')", file=sys.stderr)
 

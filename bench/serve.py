@@ -226,18 +226,17 @@ def in_process_speed(label: str, runner: Runner, prompt_ids: list[int], new_toke
 def measure_in_process(model_dir: Path, onnx: Path, gguf: Path | None, args: argparse.Namespace) -> list[PathSpeed]:
     """onnxruntime-genai int4, llama.cpp Q4_0 (when ``gguf``) and transformers fp32, one runner loaded at a time."""
     import torch
-    from decode import gguf_runner, onnx_runner
 
-    from tasks.evaluate.runners import HfRunner
+    from tasks.evaluate.runners import GgufRunner, HfRunner, OnnxRunner
     from tasks.modeling import load_tokenizer
 
     torch.set_num_threads(args.threads)
     tok = load_tokenizer(str(model_dir))
     prompt = tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True)
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    makers = [("in-process onnxruntime-genai, int4", lambda: onnx_runner(onnx, args.threads))]
+    makers = [("in-process onnxruntime-genai, int4", lambda: OnnxRunner(str(onnx), args.threads))]
     if gguf:
-        makers.append(("in-process llama.cpp Q4_0", lambda: gguf_runner(gguf, args.threads)))
+        makers.append(("in-process llama.cpp Q4_0", lambda: GgufRunner(str(gguf), args.threads)))
     makers.append(("in-process transformers fp32", lambda: HfRunner(str(model_dir))))
     return [in_process_speed(label, make(), ids, args.new_tokens, args.repeats) for label, make in makers]
 

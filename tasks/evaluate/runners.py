@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from tasks.data.chat import IGNORE_INDEX
+from tasks.decoding import OgModel
 from tasks.modeling import load_model, load_tokenizer
 from tasks.records import Generation
 
@@ -87,7 +88,7 @@ class OnnxRunner:
                                             providers=["CPUExecutionProvider"])
         self._inputs = {i.name: i for i in self.session.get_inputs()}
         self._kv_shape = (decoder["num_key_value_heads"], decoder["head_size"])
-        self.model = og.Model(str(self.path))
+        self.model = OgModel(self.path, threads).model  # the generator gets the same threads as the session
         self._og = og
 
     def _empty_past(self, name: str) -> np.ndarray:
@@ -132,8 +133,9 @@ class GgufRunner:
     def __init__(self, path: str, threads: int | None = None, n_ctx: int = 512):
         from llama_cpp import Llama
 
+        # n_threads_batch too: llama-cpp-python otherwise gives prompt processing every core
         self.llm = Llama(model_path=path, n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=threads,
-                         n_batch=n_ctx)
+                         n_threads_batch=threads, n_batch=n_ctx)
         self.eos = self.llm.token_eos()
 
     def nll(self, ids: list[int], labels: list[int]) -> tuple[float, int]:
