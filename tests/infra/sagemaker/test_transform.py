@@ -90,13 +90,19 @@ def job_reply(status: str, reason: str = "") -> dict:
             "TransformStartTime": NOW, "TransformEndTime": NOW + dt.timedelta(minutes=6)}
 
 
-def test_cancellation_stops_the_job(aws: Clients, stubbed, tmp_path: Path):
-    """Stubber (stop_transform_job): an interruption while the job runs (a cancelled flow, Ctrl-C) stops it."""
+def stubbed_running_job(aws: Clients, stubbed, tmp_path: Path) -> SageMakerExecutor:
+    """An executor on the stubbed client whose job is created and then reported InProgress once."""
     aws.sagemaker = stubbed.client
     executor = SageMakerExecutor(make_release(tmp_path / "v1", "1"), executor_config(model_name="m"),
                                  GenerationSettings(), aws)
     stubbed.add_response("create_transform_job", {"TransformJobArn": "arn:aws:sagemaker:us-east-1:1:transform-job/j"})
     stubbed.add_response("describe_transform_job", job_reply("InProgress"))
+    return executor
+
+
+def test_cancellation_stops_the_job(aws: Clients, stubbed, tmp_path: Path):
+    """Stubber (stop_transform_job): an interruption while the job runs (a cancelled flow, Ctrl-C) stops it."""
+    executor = stubbed_running_job(aws, stubbed, tmp_path)
     stubbed.add_response("stop_transform_job", {}, {"TransformJobName": "slmops-demo-slm-" + executor.run_id + "-p3"})
 
     def interrupted(_: float) -> None:
@@ -109,11 +115,7 @@ def test_cancellation_stops_the_job(aws: Clients, stubbed, tmp_path: Path):
 
 def test_failed_job_surfaces_its_reason(aws: Clients, stubbed, tmp_path: Path):
     """Stubber: InProgress → Failed with a FailureReason → a BatchError carrying it; the cost is still counted."""
-    aws.sagemaker = stubbed.client
-    executor = SageMakerExecutor(make_release(tmp_path / "v1", "1"), executor_config(model_name="m"),
-                                 GenerationSettings(), aws)
-    stubbed.add_response("create_transform_job", {"TransformJobArn": "arn:aws:sagemaker:us-east-1:1:transform-job/j"})
-    stubbed.add_response("describe_transform_job", job_reply("InProgress"))
+    executor = stubbed_running_job(aws, stubbed, tmp_path)
     stubbed.add_response("describe_transform_job", job_reply("Failed", "ClientError: See job logs for more "
                                                              "information (/invocations returned 400)"))
 
