@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,12 @@ def _task_states_of_latest_run(flow_name: str) -> dict[str, str]:
     with get_client(sync_client=True) as client:
         run = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
                                     sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        deadline = time.monotonic() + 30
+        while True:  # task-run states reach the API asynchronously (as events): wait until every one has landed
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            if all(t.state is not None for t in tasks) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
     return {t.name.rsplit("-", 1)[0]: t.state.name for t in tasks}
 
 
