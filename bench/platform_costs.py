@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -60,6 +61,29 @@ def served(port: int) -> str | None:
         return None
 
 
+def promotion_stages(api: str, set_at: list[float]) -> dict[str, list[float]]:
+    """Per promotion: alias set → redeploy run created (webhook, receiver, event, automation), → run Running
+    (worker poll, process start, flow load), → serve-binding task started, → task finished (blue/green)."""
+    def ts(value: str) -> float:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+    runs = httpx.post(f"{api}/flow_runs/filter", json={"sort": "EXPECTED_START_TIME_ASC", "flow_runs": {
+        "state": {"type": {"any_": ["COMPLETED"]}}}, "deployments": {"name": {"any_": ["redeploy"]}}}).json()
+    stages: dict[str, list[float]] = {"alias set → redeploy run created": [], "created → running": [],
+                                      "running → serve-binding started": [], "serve-binding (blue/green)": []}
+    for began in set_at:
+        run = min((r for r in runs if ts(r["created"]) > began), key=lambda r: ts(r["created"]), default=None)
+        tasks = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}} if run else {},
+                                                            "task_runs": {"name": {"like_": "serve-binding"}}}).json()
+        if run is None or not tasks or not tasks[0].get("end_time"):
+            continue
+        stages["alias set → redeploy run created"].append(ts(run["created"]) - began)
+        stages["created → running"].append(ts(run["start_time"]) - ts(run["created"]))
+        stages["running → serve-binding started"].append(ts(tasks[0]["start_time"]) - ts(run["start_time"]))
+        stages["serve-binding (blue/green)"].append(ts(tasks[0]["end_time"]) - ts(tasks[0]["start_time"]))
+    return stages
+
+
 def promotion(promotions: int) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -88,10 +112,11 @@ def promotion(promotions: int) -> None:
             run = client.create_run(exp)
             client.log_artifacts(run.info.run_id, onnx, "served")
             client.create_model_version("bench", source=f"runs:/{run.info.run_id}/served", run_id=run.info.run_id)
-        latencies = []
+        latencies, set_at = [], []
         for i in range(promotions + 1):
             version = str(1 + i % 2)
             began = time.perf_counter()
+            set_at.append(time.time())
             client.set_registered_model_alias("bench", "champion", version)
             while served(port) != version:
                 if time.perf_counter() - began > 300:
@@ -101,15 +126,23 @@ def promotion(promotions: int) -> None:
                 latencies.append(time.perf_counter() - began)
             time.sleep(2)
         rss = {name: group_rss_mb(s.process.pid) for name, s in state.services.items()}
+        stages = promotion_stages(state.prefect_api_url, set_at[1:])
     finally:
         cli(home, "undeploy", "bench", "--target", "local")
         cli(home, "down")
+    in_order = list(latencies)
     latencies.sort()
     p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
     print(f"slmops up (fresh home, sqlite): {up_s:.1f} s")
     print(f"\nalias set → new version serving on the stable port, {len(latencies)} promotions")
     print("| p50 s | p95 s | min s | max s |\n|---:|---:|---:|---:|")
     print(f"| {statistics.median(latencies):.2f} | {p95:.2f} | {latencies[0]:.2f} | {latencies[-1]:.2f} |")
+    print("\nwhere the time goes, per promotion (from the Prefect API's timestamps; the serve-binding task also "
+          "drains and stops the old version after the switch)")
+    print("| " + " | ".join(["served s", *stages]) + " |\n|" + "---:|" * (len(stages) + 1))
+    for i, total in enumerate(in_order):
+        print("| " + " | ".join([f"{total:.2f}", *(f"{v[i]:.2f}" if i < len(v) else "?" for v in stages.values())])
+              + " |")
     print("\nresident memory of each platform process group (after the promotions)")
     print("| service | RSS MB |\n|---|---:|")
     for name, mb in rss.items():

@@ -77,7 +77,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 def _print_urls(state, health: dict[str, str]) -> None:
     ui = state.prefect_api_url.removesuffix("/api")
     rows = [("prefect", f"{ui}  (UI and API {state.prefect_api_url})"), ("mlflow", state.mlflow_uri),
-            ("receiver", state.receiver_url), ("worker", "pool slmops-process")]
+            ("receiver", state.receiver_url),
+            ("starter", state.services["starter"].health if "starter" in state.services else "-"),
+            ("worker", "pool slmops-process")]
     for name, where in rows:
         print(f"  {name:9} {health.get(name, '?'):9} {where}")
     print(f"  database  {state.database}; bindings {state.bindings}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from infra import process
 from infra.platform.database import Databases, postgres_databases, sqlite_databases
 from infra.platform.receiver import PATH as RECEIVER_PATH
 from infra.platform.secrets import fernet_key_file, read_secret, webhook_secret_file
+from infra.platform.starter import socket_path
 from infra.platform.state import SERVICES, PlatformState, Service, load_state, probe
 from tasks.errors import SlmopsError
 
@@ -78,8 +80,9 @@ def service_specs(opts: UpOptions, db: Databases, ports: dict[str, int]) -> dict
     prefect_url, mlflow_url = f"http://127.0.0.1:{ports['prefect']}", f"http://127.0.0.1:{ports['mlflow']}"
     receiver_url = f"http://127.0.0.1:{ports['receiver']}"
     clients = {"PREFECT_API_URL": f"{prefect_url}/api", "MLFLOW_TRACKING_URI": mlflow_url}
+    starter_socket = socket_path(home)
     flows_env = {**clients, "SLMOPS_HOME": str(home), "SLMOPS_REPO": str(opts.repo),
-                 "SLMOPS_BINDINGS": str(opts.bindings)}
+                 "SLMOPS_BINDINGS": str(opts.bindings), "SLMOPS_STARTER_SOCKET": str(starter_socket)}
     return {
         "prefect": ServiceSpec(
             args=["-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(ports["prefect"])],
@@ -102,9 +105,12 @@ def service_specs(opts: UpOptions, db: Databases, ports: dict[str, int]) -> dict
             args=["-m", "infra.platform.receiver", "--port", str(ports["receiver"]), "--secret-file",
                   str(webhook_secret_file(platform_dir)), "--deliveries", str(platform_dir / "deliveries.db")],
             env=_clean_env(clients), url=receiver_url, health=f"{receiver_url}/health"),
+        "starter": ServiceSpec(
+            args=["-m", "infra.platform.starter", "--socket", str(starter_socket)],
+            env=_clean_env(flows_env), health=f"unix:{starter_socket}"),
         "worker": ServiceSpec(
             args=["-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"],
-            env=_clean_env({**flows_env, "PREFECT_WORKER_QUERY_SECONDS": "1",
+            env=_clean_env({**flows_env, "PREFECT_WORKER_QUERY_SECONDS": "0.25",
                             "PREFECT_WORKER_PREFETCH_SECONDS": "5"})),
     }
 
@@ -126,17 +132,19 @@ def start_platform(opts: UpOptions, keep: dict[str, Service] | None = None) -> P
     specs = service_specs(opts, db, ports)
     started: dict[str, Service] = {}
     try:
-        for wave in (("prefect", "mlflow"), ("receiver",), ("worker",)):
+        for wave in (("prefect", "mlflow"), ("receiver",), ("starter", "worker")):
             for name in wave:
                 if name not in keep:
                     started[name] = _spawn(name, specs[name], platform_dir / "logs")
             for name in wave:
-                if name in started and name != "worker":
+                if name in started and name not in ("starter", "worker"):
                     _wait(started[name])
             if wave == ("receiver",) and set(started) & {"prefect", "mlflow", "receiver"}:
                 _configure(opts, specs)
         if "worker" in started:
             _wait_worker(started["worker"], specs["receiver"].env["PREFECT_API_URL"])
+        if "starter" in started:
+            _wait_starter(started["starter"])
     except BaseException:
         for service in reversed(started.values()):
             process.stop_group(service.process)
@@ -191,11 +199,28 @@ def _wait_worker(worker: Service, prefect_api_url: str) -> None:
     raise SlmopsError(f"the Prefect worker did not come online in {STARTUP_TIMEOUT_S:.0f}s; log {worker.log}")
 
 
+def _wait_starter(starter: Service) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if probe(starter) == "up":
+            return
+        if not starter.process.alive():
+            raise SlmopsError(f"the flow-run starter exited at start; log {starter.log}")
+        time.sleep(0.2)
+    raise SlmopsError(f"the flow-run starter did not listen in {STARTUP_TIMEOUT_S:.0f}s; log {starter.log}")
+
+
+def warm_command() -> str:
+    """The process worker's command for deployments tagged ``warm-start`` (see ``infra.platform.starter``)."""
+    return shlex.join([sys.executable, "-I", "-S", str(Path(__file__).with_name("starter_client.py"))])
+
+
 def apply_deployments(repo: Path, env: dict[str, str], pool: str = WORK_POOL, pool_type: str = "process",
                       job_variables: dict | None = None) -> None:
     """Create the work pool and every deployment (with schedules and triggers) of ``repo/prefect.yaml`` in it.
 
     ``job_variables`` (image, env, …) are set on every deployment, e.g. for a Kubernetes pool's flow-run pods.
+    On a process pool, deployments tagged ``warm-start`` get the starter client as their command.
     """
     import yaml
 
@@ -204,6 +229,8 @@ def apply_deployments(repo: Path, env: dict[str, str], pool: str = WORK_POOL, po
         work_pool = deployment.setdefault("work_pool", {})
         work_pool["name"] = pool
         work_pool["job_variables"] = {**work_pool.get("job_variables", {}), **(job_variables or {})}
+        if pool_type == "process" and "warm-start" in deployment.get("tags", []):
+            work_pool["job_variables"]["command"] = warm_command()
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="prefect-", delete=False) as fh:
         yaml.safe_dump(spec, fh, sort_keys=False)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from infra.process import ProcessRef
 
-SERVICES = ("prefect", "mlflow", "receiver", "worker")
+SERVICES = ("prefect", "mlflow", "receiver", "starter", "worker")
 
 
 class Service(BaseModel):
@@ -19,7 +20,8 @@ class Service(BaseModel):
 
     name: str
     url: str = Field("", description="Base URL (empty for the worker, which listens nowhere).")
-    health: str = Field("", description="URL answering 200 while the service is healthy.")
+    health: str = Field("", description="URL answering 200 while the service is healthy (``unix:PATH``: a socket "
+                        "accepting connections).")
     process: ProcessRef
     log: str
 
@@ -70,10 +72,22 @@ def probe(service: Service, timeout_s: float = 2.0) -> str:
         return "down"
     if not service.health:
         return "up"
+    if service.health.startswith("unix:"):
+        return "up" if unix_socket_accepts(service.health.removeprefix("unix:")) else "unhealthy"
     try:
         return "up" if httpx.get(service.health, timeout=timeout_s).status_code == 200 else "unhealthy"
     except httpx.HTTPError:
         return "unhealthy"
+
+
+def unix_socket_accepts(path: str) -> bool:
+    """True when something accepts connections on the Unix socket ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        try:
+            conn.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def platform_environment(home: Path) -> dict[str, str]:

@@ -76,6 +76,7 @@ class _Row:
     text: str = ""  # text emitted so far
     decoded: str = ""  # text of all tokens so far (may end inside a character or a stop sequence)
     pending: list[TokenLogprob] = field(default_factory=list)  # logprobs of tokens whose text is held back
+    stream: Any = None  # incremental detokenizer (tokenizers' DecodeStream), when the tokenizer allows one
     done: bool = False
     first_token_s: float | None = None
 
@@ -86,6 +87,24 @@ class BatchRun:
     def __init__(self, model: OgModel, tokenizer: Any, token_text: TokenText, stats: EngineStats):
         self.model, self.tokenizer, self.token_text, self.stats = model, tokenizer, token_text, stats
         self.eos_ids = model.eos_ids
+        # each token's text is decoded once (DecodeStream) instead of the whole answer again per token; a
+        # tokenizer that cleans up spaces over the whole text (or has no Rust backend) is decoded whole
+        self.backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.incremental = self.backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True)
+
+    def new_row(self, request: GenerationRequest) -> _Row:
+        """A row for ``request``, with its own incremental detokenizer."""
+        from tokenizers.decoders import DecodeStream
+
+        return _Row(request, stream=DecodeStream(skip_special_tokens=True) if self.incremental else None)
+
+    def _text(self, row: _Row, token: int) -> tuple[str, bool]:
+        """The row's text after ``token`` and whether it is complete (not ending inside a UTF-8 character)."""
+        if row.stream is None:
+            text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+            return text, not text.endswith("\ufffd")
+        piece = row.stream.step(self.backend, token)
+        return row.decoded + (piece or ""), piece is not None or not row.decoded.endswith("\ufffd")
 
     def run(self, requests: list[GenerationRequest]) -> None:
         """Decode ``requests`` together until every row has finished or been cancelled."""
@@ -123,7 +142,8 @@ class BatchRun:
             # while min_tokens is unmet end-of-sequence cannot be drawn: it gets no probability (as in the search)
             banned = self.eos_ids if len(row.tokens) <= row.request.sampling.min_tokens else ()
             row.pending.append(self._logprob(scores, token, row.request.top_logprobs or 0, banned))
-        text = row.decoded = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        text, complete = self._text(row, token)
+        row.decoded = text
         for stop in row.request.stop:
             cut = text.find(stop)
             if cut != -1:
@@ -131,7 +151,7 @@ class BatchRun:
                 return
         if len(row.tokens) >= row.request.max_tokens:
             self._finish(row, "length")
-        elif not text.endswith("\ufffd"):  # an incomplete UTF-8 sequence waits for the next token
+        elif complete:  # an incomplete UTF-8 sequence waits for the next token
             self._emit(row, text[: len(text) - _held_back(text, row.request.stop)])
 
     def _logprob(self, scores: np.ndarray, token: int, k: int, banned: Iterable[int] = ()) -> TokenLogprob:
@@ -165,7 +185,7 @@ class ActiveBatch:
     """One static batch in progress: each ``step`` decodes one token for every live row."""
 
     def __init__(self, runner: BatchRun, requests: list[GenerationRequest]):
-        self.runner, self.rows = runner, [_Row(r) for r in requests]
+        self.runner, self.rows = runner, [runner.new_row(r) for r in requests]
         self.generator = runner._start(requests)
         self.first = True
         runner.stats.active += len(self.rows)

@@ -1,4 +1,5 @@
-"""The platform for real: `slmops up` (Prefect server, MLflow server with webhooks, receiver, worker), promotion →
+"""The platform for real: `slmops up` (Prefect server, MLflow server with webhooks, receiver, flow-run starter,
+worker), promotion →
 automatic redeploy through MLflow's own webhook delivery, forged deliveries refused, reconcile, approval, down.
 
 Nothing is stubbed: the servers, the worker and the served models are real processes on 127.0.0.1.
@@ -24,7 +25,8 @@ DEPLOYMENTS = {"demo-pipeline", "demo-train", "deploy-champion-local", "promote"
 def test_up_starts_every_service_and_every_flow_is_a_deployment_with_a_typed_form(platform) -> None:
     status = platform.cli("platform", "status", "--json")
     report = json.loads(status.stdout)
-    assert report["up"] is True and set(report["services"]) == {"prefect", "mlflow", "receiver", "worker"}
+    assert report["up"] is True and set(report["services"]) == {"prefect", "mlflow", "receiver", "starter",
+                                                               "worker"}
     assert {s["state"] for s in report["services"].values()} == {"up"}
     deployments = {d["name"]: d for d in platform.prefect("POST", "/deployments/filter", json={}).json()}
     assert set(deployments) >= DEPLOYMENTS
@@ -34,6 +36,9 @@ def test_up_starts_every_service_and_every_flow_is_a_deployment_with_a_typed_for
     promote = deployments["promote"]["parameter_openapi_schema"]["definitions"]["PromoteRequest"]["properties"]
     assert promote["alias"]["description"] == "Alias to move."
     assert deployments["reconcile"]["schedules"][0]["schedule"]["interval"] == 300
+    # the flows that must react fast are forked from the warm starter; the pipeline starts as Prefect starts it
+    assert deployments["redeploy"]["job_variables"]["command"].endswith("starter_client.py")
+    assert "command" not in deployments["demo-pipeline"]["job_variables"]
     triggers = platform.prefect("POST", "/automations/filter", json={}).json()
     assert any(a["trigger"]["expect"] == ["slmops.alias.set"] for a in triggers)
     hooks = [w for w in platform.mlflow().list_webhooks() if w.name == "slmops-alias-redeploy"]
@@ -68,6 +73,8 @@ def test_alias_set_against_the_server_redeploys_with_zero_failed_requests(platfo
     runs = platform.flow_runs("redeploy")
     assert runs and runs[0]["state_type"] == "COMPLETED"
     assert runs[0]["parameters"] == {"model": "plat-a", "alias": "champion", "version": "2"}
+    worker_log = Path(platform.state.services["worker"].log).read_text(errors="replace")
+    assert "Beginning flow run" in worker_log and "fresh interpreter" not in worker_log  # forked warm, not cold
 
 
 @pytest.mark.parametrize("forgery", ["unsigned", "wrong secret", "tampered body", "stale timestamp",

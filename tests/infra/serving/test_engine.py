@@ -180,3 +180,28 @@ def test_interleaved_batches_give_the_same_greedy_answers_as_one_batch_at_a_time
         answers[running] = [(e[-1].text, e[-1].completion_tokens) for e in run(engine, requests)]
         engine.close()
     assert answers[4] == answers[1]
+
+
+def test_incremental_detokenization_emits_what_decoding_the_whole_answer_emits(random_onnx: Path) -> None:
+    # given the tokens of an answer with multi-byte characters split across byte-level tokens
+    engine = Engine(random_onnx, EngineConfig())
+    runner = engine._runner
+    assert runner.incremental, "the demo tokenizer should take the incremental path"
+    text = "Grüße, 世界! naïve café 🙂🚀 — done.  Two  spaces\nand a line"
+    ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+    emitted: dict[bool, list[str]] = {}
+    for incremental in (True, False):
+        deltas: list[Event] = []
+        row = runner.new_row(GenerationRequest([1], len(ids) + 1, emit=deltas.append))
+        if not incremental:
+            row.stream = None  # the reference: the whole answer decoded again after every token
+        runner.stats.active += 1
+        for token in ids:
+            runner._advance(row, token, None)
+        runner._finish(row, "stop")
+        emitted[incremental] = [e.text for e in deltas if isinstance(e, Delta)]
+    engine.close()
+    # then both paths emit the same pieces, never half a character, adding up to the decoded answer
+    assert emitted[True] == emitted[False]
+    assert "".join(emitted[True]) == engine.tokenizer.decode(ids, skip_special_tokens=True)
+    assert not any("\ufffd" in piece for piece in emitted[True]) and len(emitted[True]) > 10
