@@ -3,8 +3,8 @@
 Requests wait in a bounded queue. A worker thread takes the waiting requests (the first waits up to
 ``batch_window_ms`` for company when nothing is running), splits them into batches that share sampling settings
 and fit the context window (``plan_batches``) and prefills each as one static batch (``ActiveBatch``). Running
-batches are decoded in turn, one token per batch per round, and new batches are admitted after any batch's step
-(up to ``max_running_batches``), so a request that arrives while a long batch runs starts at once instead of waiting
+batches are decoded in turn, one token per batch per round, and new batches are admitted between rounds (up to
+``max_running_batches``), so a request that arrives while a long batch runs starts at once instead of waiting
 for it to end. The engine knows nothing of HTTP: the serving app talks to it through ``GenerationEngine``
 (submit, events, cancel).
 """
@@ -101,9 +101,6 @@ class Engine:
                     finished = True
                 if finished:
                     running.remove(batch)
-                # a request that arrived during this step is prefilled now, not after the whole round
-                if len(running) < self.config.max_running_batches and not self._queue.empty():
-                    self._admit(self._gather(wait=False), running)
 
     def _admit(self, waiting: list[GenerationRequest], running: list[ActiveBatch]) -> None:
         live = [r for r in waiting if not r.cancelled]
