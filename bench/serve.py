@@ -197,9 +197,10 @@ def measure_server(onnx: Path, args: argparse.Namespace) -> tuple[PathSpeed, lis
 
     port = process.free_port()
     log = args.out / "serve-bench.log"
+    running = ["--max-running-batches", str(args.max_running_batches)] if args.max_running_batches else []
     pid = process.start(["-m", "infra.serving", str(onnx), "--name", "bench", "--port", str(port),
                          "--max-batch-size", str(args.max_batch_size), "--max-queue", "256",
-                         "--threads", str(args.threads)], log)
+                         "--threads", str(args.threads), *running], log)
     url = f"http://127.0.0.1:{port}"
     try:
         process.wait_healthy(f"{url}/ping", pid, log, 300)
@@ -319,6 +320,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4, help="Requests per client in the throughput runs.")
     parser.add_argument("--probes", type=int, default=20, help="TTFT probes per load level (default 20).")
     parser.add_argument("--max-batch-size", type=int, default=16, help="Server batch size (default 16).")
+    parser.add_argument("--max-running-batches", type=int, default=None,
+                        help="Server batches decoded in turn (default: the server's default).")
+    parser.add_argument("--server-only", action="store_true",
+                        help="Only the served rows and the load table (no in-process runtimes, no bandwidth).")
     parser.add_argument("--threads", type=int, default=available_cores(),
                         help="CPU threads of every runtime (default: the available cores).")
     parser.add_argument("--out", type=Path, default=Path(".slmops/bench"), help="Working folder.")
@@ -333,6 +338,10 @@ def main() -> None:
         print("llama-cpp-python not installed: no llama.cpp row (pip install -e '.[gguf]')", file=sys.stderr)
 
     served, unloaded, loads = measure_server(onnx, args)
+    if args.server_only:
+        print(f"served single stream: {served.decode_tokens_per_s:.1f} tokens/s, TTFT {1000 * served.ttft_s:.1f} ms")
+        print_loads(loads, unloaded, args)
+        return
     rows = [served, *measure_in_process(model_dir, onnx, gguf, args)]
     bandwidth = read_bandwidth(args.threads)
 

@@ -110,7 +110,7 @@ def service_specs(opts: UpOptions, db: Databases, ports: dict[str, int]) -> dict
             env=_clean_env(flows_env), health=f"unix:{starter_socket}"),
         "worker": ServiceSpec(
             args=["-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"],
-            env=_clean_env({**flows_env, "PREFECT_WORKER_QUERY_SECONDS": "0.25",
+            env=_clean_env({**flows_env, "PREFECT_WORKER_QUERY_SECONDS": "1",
                             "PREFECT_WORKER_PREFETCH_SECONDS": "5"})),
     }
 
