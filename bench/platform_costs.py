@@ -8,7 +8,7 @@ until the stable port answers with the new version (MLflow webhook → receiver 
 ``overhead``: the pipeline's steps on the tiny demo config, called as plain functions (no Prefect, no MLflow)
 versus the ``slm_pipeline`` flow (Prefect tasks, MLflow logging), each in a fresh home so nothing is cached.
 
-    python bench/platform_costs.py promotion [--promotions 6]
+    python bench/platform_costs.py promotion [--promotions 6] [--database postgresql://…/NAME]
     python bench/platform_costs.py overhead [--config configs/demo.yaml]
 """
 
@@ -84,7 +84,7 @@ def promotion_stages(api: str, set_at: list[float]) -> dict[str, list[float]]:
     return stages
 
 
-def promotion(promotions: int) -> None:
+def promotion(promotions: int, database: str | None = None) -> None:
     from mlflow.tracking import MlflowClient
 
     from infra.platform.state import load_state
@@ -101,7 +101,7 @@ def promotion(promotions: int) -> None:
     bindings = home / "bindings.yaml"
     bindings.write_text(f"bindings:\n- {{model: bench, alias: champion, target: {{target: local, port: {port}}}}}\n")
     start = time.perf_counter()
-    cli(home, "up", "--bindings", str(bindings))
+    cli(home, "up", "--bindings", str(bindings), *(["--database", database] if database else []))
     up_s = time.perf_counter() - start
     state = load_state(home)
     try:
@@ -133,7 +133,7 @@ def promotion(promotions: int) -> None:
     in_order = list(latencies)
     latencies.sort()
     p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
-    print(f"slmops up (fresh home, sqlite): {up_s:.1f} s")
+    print(f"slmops up (fresh home, {'PostgreSQL' if database else 'sqlite'}): {up_s:.1f} s")
     print(f"\nalias set → new version serving on the stable port, {len(latencies)} promotions")
     print("| p50 s | p95 s | min s | max s |\n|---:|---:|---:|---:|")
     print(f"| {statistics.median(latencies):.2f} | {p95:.2f} | {latencies[0]:.2f} | {latencies[-1]:.2f} |")
@@ -221,9 +221,10 @@ if __name__ == "__main__":
     parser.add_argument("what", choices=["promotion", "overhead", "_bare", "_flow"])
     parser.add_argument("config", nargs="?", default=str(REPO / "configs" / "demo.yaml"))
     parser.add_argument("--promotions", type=int, default=6)
+    parser.add_argument("--database", help="postgresql://… to put Prefect and MLflow on PostgreSQL (default sqlite).")
     args = parser.parse_args()
     if args.what == "promotion":
-        promotion(args.promotions)
+        promotion(args.promotions, args.database)
     elif args.what == "overhead":
         overhead(Path(args.config))
     else:
