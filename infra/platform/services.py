@@ -142,9 +142,10 @@ def start_platform(opts: UpOptions, keep: dict[str, Service] | None = None) -> P
             if wave == ("receiver",) and set(started) & {"prefect", "mlflow", "receiver"}:
                 _configure(opts, specs)
         if "worker" in started:
-            _wait_worker(started["worker"], specs["receiver"].env["PREFECT_API_URL"])
+            api = specs["receiver"].env["PREFECT_API_URL"]
+            _wait_until(started["worker"], lambda: worker_online(api), "Prefect worker")
         if "starter" in started:
-            _wait_starter(started["starter"])
+            _wait_until(started["starter"], lambda: probe(started["starter"]) == "up", "flow-run starter")
     except BaseException:
         for service in reversed(started.values()):
             process.stop_group(service.process)
@@ -188,26 +189,16 @@ def _wait(service: Service) -> None:
     process.wait_healthy(service.health, service.process, Path(service.log), STARTUP_TIMEOUT_S)
 
 
-def _wait_worker(worker: Service, prefect_api_url: str) -> None:
+def _wait_until(service: Service, ready, what: str) -> None:
+    """Poll ``ready()`` until true; fail early if ``service``'s process exits, or after the startup timeout."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
-        if not worker.process.alive():
-            raise SlmopsError(f"the Prefect worker exited at start; log {worker.log}")
-        if worker_online(prefect_api_url):
+        if not service.process.alive():
+            raise SlmopsError(f"the {what} exited at start; log {service.log}")
+        if ready():
             return
-        time.sleep(0.5)
-    raise SlmopsError(f"the Prefect worker did not come online in {STARTUP_TIMEOUT_S:.0f}s; log {worker.log}")
-
-
-def _wait_starter(starter: Service) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if probe(starter) == "up":
-            return
-        if not starter.process.alive():
-            raise SlmopsError(f"the flow-run starter exited at start; log {starter.log}")
         time.sleep(0.2)
-    raise SlmopsError(f"the flow-run starter did not listen in {STARTUP_TIMEOUT_S:.0f}s; log {starter.log}")
+    raise SlmopsError(f"the {what} was not ready in {STARTUP_TIMEOUT_S:.0f}s; log {service.log}")
 
 
 def warm_command() -> str:

@@ -81,6 +81,7 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int], module: str) 
         with contextlib.suppress(OSError):
             conn.sendall(json.dumps(outcome).encode() + b"\n")
 
+    conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")  # first: every later failure is reported
     atexit.register(report)
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
@@ -89,7 +90,6 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int], module: str) 
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
     sys.argv = [module]
-    conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
     if "prefect" in sys.modules:  # the settings were read from the server's environment at import
         from prefect.context import refresh_global_settings_context
 

@@ -9,6 +9,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from tokenizers.decoders import DecodeStream
 
 from infra.serving.protocol import Delta, Done, EngineStats, GenerationRequest, TokenLogprob
 from tasks.decoding import OgModel, start_batch
@@ -94,8 +95,6 @@ class BatchRun:
 
     def new_row(self, request: GenerationRequest) -> _Row:
         """A row for ``request``, with its own incremental detokenizer."""
-        from tokenizers.decoders import DecodeStream
-
         return _Row(request, stream=DecodeStream(skip_special_tokens=True) if self.incremental else None)
 
     def _text(self, row: _Row, token: int) -> tuple[str, bool]:
@@ -103,8 +102,8 @@ class BatchRun:
         if row.stream is None:
             text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
             return text, not text.endswith("\ufffd")
-        piece = row.stream.step(self.backend, token)
-        return row.decoded + (piece or ""), piece is not None or not row.decoded.endswith("\ufffd")
+        # DecodeStream returns None until a token completes a character: the text then stays as it was
+        return row.decoded + (row.stream.step(self.backend, token) or ""), True
 
     def run(self, requests: list[GenerationRequest]) -> None:
         """Decode ``requests`` together until every row has finished or been cancelled."""
