@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from tasks.quantize.adapters import adapter_files
+
 GREEDY_BELOW = 1e-5  # temperatures below this decode greedily (as vLLM does): 1/T would overflow the logits
 
 
@@ -50,7 +52,8 @@ class OgModel:
     """An onnxruntime-genai model folder: the model, its context window, end-of-sequence and pad ids.
 
     ``threads``: onnxruntime's intra-op threads; None or 0 means every available core (onnxruntime-genai's own
-    default is half of them).
+    default is half of them). LoRA adapters in the folder's ``adapters/`` (a multi-LoRA build,
+    tasks/quantize/adapters.py) are loaded once; ``start_batch`` activates one of them by name.
     """
 
     def __init__(self, path: str | Path, threads: int | None = None):
@@ -67,10 +70,16 @@ class OgModel:
         options = {"intra_op_num_threads": self.threads, "inter_op_num_threads": 1}
         config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
         self.model = og.Model(config)
+        self.adapter_files = adapter_files(self.path)
+        self.adapters = og.Adapters(self.model) if self.adapter_files else None
+        for name, file in self.adapter_files.items():
+            self.adapters.load(str(file), name)
 
 
-def start_batch(m: OgModel, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling) -> Any:
-    """An ``og.Generator`` holding ``prompts`` right-padded with the model's pad id, ready to step.
+def start_batch(m: OgModel, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling,
+                adapter: str | None = None) -> Any:
+    """An ``og.Generator`` holding ``prompts`` right-padded with the model's pad id, ready to step; every row
+    answers with LoRA ``adapter`` (one of ``m.adapter_files``) when given, else with the base alone.
 
     Right padding: onnxruntime-genai (0.18) finds each row's length from the pad id; left-padded rows decode
     garbage.
@@ -90,6 +99,10 @@ def start_batch(m: OgModel, prompts: Sequence[Sequence[int]], max_new_tokens: in
     params = m.og.GeneratorParams(m.model)
     params.set_search_options(**options)
     generator = m.og.Generator(m.model, params)
+    if adapter is not None:
+        if adapter not in m.adapter_files:
+            raise KeyError(f"unknown adapter {adapter!r}; {m.path} has {sorted(m.adapter_files) or 'none'}")
+        generator.set_active_adapter(m.adapters, adapter)
     generator.append_tokens(ids)
     return generator
 

@@ -55,6 +55,28 @@ def tiny_onnx(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return out
 
 
+@pytest.fixture(scope="session")
+def multi_lora(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An untrained tiny Llama, three random LoRA adapters for it and a multi-LoRA int4 folder serving two of
+    them: ``alpha`` (r=8 on q/v/o/down, which decides the base's LoRA branches) and ``beta`` (r=4 on q/v only);
+    ``wide`` adapts gate_proj, which the base has no branch for. Keys: base, alpha, beta, wide, served."""
+    from tasks.config import QuantizeConfig
+    from tasks.data.demo import ModelShape, make_lora_adapter, make_model
+    from tasks.inputs import describe_model
+    from tasks.quantize.adapters import build_multi_lora
+
+    root = tmp_path_factory.mktemp("multi-lora")
+    shape = ModelShape(hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128, max_positions=128)
+    base = make_model(shape, tiny_assets / "tokenizer", root / "base", seed=1)
+    paths = {"base": base,
+             "alpha": make_lora_adapter(base, root / "alpha", ["q_proj", "v_proj", "o_proj", "down_proj"], 8, 1),
+             "beta": make_lora_adapter(base, root / "beta", ["q_proj", "v_proj"], 4, 2),
+             "wide": make_lora_adapter(base, root / "wide", ["gate_proj"], 4, 3)}
+    built = build_multi_lora(describe_model(str(base)), {n: describe_model(str(paths[n])) for n in ("alpha", "beta")},
+                             "int4", QuantizeConfig(int4_block_size=16), root / "served")
+    return {**paths, "served": Path(built.path)}
+
+
 @pytest.fixture
 def ollama_server(tmp_path: Path):
     """A server speaking Ollama's REST API on 127.0.0.1, generating with llama.cpp (see tests/fixtures)."""

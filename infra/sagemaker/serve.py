@@ -78,6 +78,10 @@ class LoadingEngine:
     def tokenizer(self) -> Any:
         return self._loaded().tokenizer
 
+    @property
+    def adapters(self) -> list[str]:
+        return self._loaded().adapters
+
     def submit(self, request: GenerationRequest) -> None:
         self._loaded().submit(request)
 

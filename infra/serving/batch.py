@@ -17,7 +17,7 @@ from tasks.decoding import OgModel, start_batch
 
 def plan_batches(requests: Sequence[GenerationRequest], context_length: int,
                  max_batch_size: int) -> list[list[GenerationRequest]]:
-    """Split waiting requests into batches that share sampling settings and fit the context window.
+    """Split waiting requests into batches that share sampling settings and adapter and fit the context window.
 
     A static batch reserves ``longest prompt + largest max_tokens`` positions, so two requests that each fit
     alone may not fit together; first-fit in arrival order keeps every request that fits alone runnable.
@@ -27,7 +27,8 @@ def plan_batches(requests: Sequence[GenerationRequest], context_length: int,
         for batch in batches:
             width = max(len(request.prompt_ids), *(len(r.prompt_ids) for r in batch))
             budget = max(request.max_tokens, *(r.max_tokens for r in batch))
-            if (batch[0].sampling == request.sampling and len(batch) < max_batch_size
+            if (batch[0].sampling == request.sampling and batch[0].adapter == request.adapter
+                    and len(batch) < max_batch_size
                     and width + budget <= context_length):
                 batch.append(request)
                 break
@@ -118,7 +119,7 @@ class BatchRun:
     def _start(self, requests: list[GenerationRequest]) -> Any:
         # plan_batches made every batch fit the context window; each row stops at its own max_tokens
         generator = start_batch(self.model, [r.prompt_ids for r in requests], max(r.max_tokens for r in requests),
-                                requests[0].sampling)
+                                requests[0].sampling, requests[0].adapter)
         self.stats.batches += 1
         return generator
 

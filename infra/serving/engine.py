@@ -59,6 +59,7 @@ class Engine:
         self.model_dir = Path(model_dir)
         self.og_model = OgModel(self.model_dir, self.config.threads)
         self.context_length = self.og_model.context_length
+        self.adapters = list(self.og_model.adapter_files)
         self.tokenizer = load_tokenizer(self.model_dir)
         self.stats = EngineStats()
         self.on_batch: Callable[[int], None] | None = None

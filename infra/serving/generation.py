@@ -22,11 +22,10 @@ from tasks.data.chat import render_ids
 
 
 async def prepare(state: ServingState, body: ChatRequest | CompletionRequest) -> GenerationRequest:
-    """The engine request for ``body``: prompt ids, a max_tokens that fits the window, sampling, stops."""
-    if body.model not in (None, *state.settings.served_names()):
-        raise ApiError(404, f"unknown model {body.model!r}; this server serves {state.settings.name!r}",
-                       param="model", code="model_not_found")
+    """The engine request for ``body``: prompt ids, a max_tokens that fits the window, sampling, stops, and the
+    LoRA adapter when ``model`` names one."""
     engine = state.engine
+    adapter = resolve_adapter(state, body.model)
     if isinstance(body, ChatRequest):
         messages = [m.as_template_input() for m in body.messages]
         ids = await state.off_loop(render_ids, engine.tokenizer, messages, True)
@@ -40,7 +39,21 @@ async def prepare(state: ServingState, body: ChatRequest | CompletionRequest) ->
     max_tokens = min(body.requested_max_tokens() or state.settings.default_max_tokens, room)
     temperature = float(body.temperature or 0.0)
     sampling = Sampling(temperature, float(body.top_p or 1.0), body.seed, min(body.min_tokens, max_tokens))
-    return GenerationRequest(ids, max_tokens, sampling, body.stop or [], top_logprobs=body.top_logprobs_k())
+    return GenerationRequest(ids, max_tokens, sampling, body.stop or [], top_logprobs=body.top_logprobs_k(),
+                             adapter=adapter)
+
+
+def resolve_adapter(state: ServingState, model: str | None) -> str | None:
+    """The LoRA adapter ``model`` asks for: None for the base model (or no ``model``), else an adapter's name;
+    a name this server does not serve is a 404 that lists what it does."""
+    if model in (None, *state.settings.served_names()):
+        return None
+    adapters = state.engine.adapters
+    if model in adapters:
+        return model
+    also = f" and the LoRA adapters {adapters}" if adapters else ""
+    raise ApiError(404, f"unknown model {model!r}; this server serves {state.settings.name!r}{also}",
+                   param="model", code="model_not_found")
 
 
 @dataclass

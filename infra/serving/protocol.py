@@ -70,6 +70,7 @@ class GenerationRequest:
     sampling: Sampling = field(default_factory=Sampling)
     stop: list[str] = field(default_factory=list)
     top_logprobs: int | None = None  # None: no logprobs; k ≥ 0: the chosen token's plus k alternatives
+    adapter: str | None = None  # LoRA adapter the answer uses (a multi-LoRA model); None: the base model
     emit: Callable[[Event], None] = _drop
     cancelled: bool = False  # set by Engine.cancel from any thread; the engine drops the row at its next step
     enqueued: float = field(default_factory=time.perf_counter)
@@ -91,6 +92,7 @@ class GenerationEngine(Protocol):
     context_length: int
     tokenizer: Any
     stats: EngineStats
+    adapters: list[str]  # LoRA adapters served beside the base model, by name
 
     def submit(self, request: GenerationRequest) -> None:
         """Queue ``request`` or raise QueueFullError."""

@@ -120,6 +120,24 @@ def make_model(shape: ModelShape, tokenizer_dir: Path, out: Path, seed: int) -> 
     return out
 
 
+def make_lora_adapter(model_dir: Path, out: Path, targets: list[str], rank: int, seed: int,
+                      scale: float = 0.5) -> Path:
+    """Save a random peft LoRA adapter for ``model_dir`` under ``out`` (tests and benchmarks of multi-LoRA
+    serving): A random, B random times ``scale``, so each adapter answers differently from the base and the rest."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+                           LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False))
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.mul_(scale)
+    model.save_pretrained(out)
+    return out
+
+
 def train_teacher(model_dir: Path, data: dict[str, Path], spec: DemoSpec) -> dict[str, float]:
     """Train the teacher in place on the train split (cross-entropy on answers)."""
     from transformers import AutoModelForCausalLM

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from tasks.config import OnnxPrecision, QuantizeConfig
@@ -21,16 +22,21 @@ def onnx_artifact(name: str, folder: Path) -> Artifact:
     return Artifact(name=name, kind="onnx", path=str(folder), digest=digest_dir(folder), size_bytes=disk_size(folder))
 
 
-def build_onnx(model: ModelDir, precision: OnnxPrecision, cfg: QuantizeConfig, out: Path) -> Artifact:
-    """Export with the onnxruntime-genai model builder (CPU execution provider)."""
+def build_onnx(model: ModelDir, precision: OnnxPrecision, cfg: QuantizeConfig, out: Path,
+               extra_options: Sequence[str] = ()) -> Artifact:
+    """Export with the onnxruntime-genai model builder (CPU execution provider); ``extra_options`` are the
+    builder's own ``key=value`` options (tasks/quantize/adapters.py adds a LoRA branch with them)."""
     if precision == "int4" and cfg.int4_algorithm == "k_quant":
         check_k_quant_blocks(model, cfg.int4_block_size)
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", model.path, "-o", str(out),
            "-p", precision, "-e", "cpu", "-c", str(out.parent / f".cache-{precision}")]
+    options = list(extra_options)
     if precision == "int4":
         # onnxruntime-genai 0.18 reads the un-prefixed names; its documented int4_* aliases are silently ignored
-        cmd += ["--extra_options", f"block_size={cfg.int4_block_size}", f"algo_config={cfg.int4_algorithm}"]
-    run_tool(cmd, f"onnxruntime-genai builder ({precision})", out.parent / f"onnx-{precision}.log")
+        options += [f"block_size={cfg.int4_block_size}", f"algo_config={cfg.int4_algorithm}"]
+    if options:
+        cmd += ["--extra_options", *options]
+    run_tool(cmd, f"onnxruntime-genai builder ({precision})", out.parent / f"{out.name}.log")
     artifact = onnx_artifact(f"onnx-{precision}", out)
     if precision == "int4":
         built = {n["block_size"] for n in quantized_matmuls(out)}

@@ -59,10 +59,12 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     return await respond(serving(request), body, request)
 
 
-@router.get("/v1/models", response_model=ModelList, summary="Served model")
+@router.get("/v1/models", response_model=ModelList, summary="Served models")
 async def models(request: Request) -> dict:
-    """The one model this server serves, with its version and context window."""
+    """The model this server serves, with its version and context window, then each LoRA adapter it serves
+    beside it (send its id as ``model`` to answer with that adapter)."""
     state = serving(request)
-    return {"object": "list", "data": [{"id": state.settings.name, "object": "model", "owned_by": "slmops",
-                                        "created": 0, "version": state.settings.version,
-                                        "context_length": state.engine.context_length}]}
+    card = {"object": "model", "owned_by": "slmops", "created": 0, "version": state.settings.version,
+            "context_length": state.engine.context_length}
+    names = [state.settings.name, *state.engine.adapters]
+    return {"object": "list", "data": [{"id": name, **card} for name in names]}

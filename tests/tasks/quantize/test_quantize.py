@@ -71,7 +71,7 @@ def test_a_k_quant_block_size_the_runtime_cannot_pack_is_refused_before_building
     # one block of 256 covers the tiny teacher's hidden size: an odd count, which onnxruntime's k_quant cannot pack
     with pytest.raises(QuantizeError, match=r"even number of blocks.*hidden_size=\d+ → 1 block"):
         build_onnx(teacher, "int4", QuantizeConfig(int4_block_size=256), tmp_path / "odd")
-    assert not (tmp_path / "onnx-int4.log").exists(), "refused before the builder ran"
+    assert not (tmp_path / "odd.log").exists(), "refused before the builder ran"
 
 
 def test_bad_quantize_settings_are_rejected(tmp_path: Path) -> None:

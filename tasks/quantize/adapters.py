@@ -1,0 +1,144 @@
+"""Multi-LoRA artifacts: one ONNX base whose LoRA weights are optional inputs, and each adapter as ``.onnx_adapter``.
+
+onnxruntime-genai's model builder, given a peft adapter (``adapter_path``), adds a float LoRA branch
+(``x·A·B``, B pre-scaled by alpha/r) beside every adapted MatMul; the base weights are quantized as usual and the
+branch is kept out of int4. Olive's ``ExtractAdapters`` then turns the branch's weights into optional graph inputs
+with a dynamic rank (empty by default: the base answers alone) and writes them to an ``.onnx_adapter`` file, which
+onnxruntime-genai activates per generator (``og.Adapters``). Every further adapter is built the same way and only
+its weights file is kept, so its tensor names are the base's by construction.
+
+Layout of a multi-LoRA folder: the usual onnxruntime-genai files plus ``adapters/<name>.onnx_adapter``; the serving
+runtime serves each adapter under its file's name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from tasks.config import OnnxPrecision, QuantizeConfig
+from tasks.errors import QuantizeError
+from tasks.quantize.onnx import build_onnx, onnx_artifact
+from tasks.records import Artifact, ModelDir
+
+ADAPTERS_DIR = "adapters"
+ADAPTER_SUFFIX = ".onnx_adapter"
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# the builder's names for the LoRA branch of each projection (builders/base.py, make_matmul_lora)
+_PROJECTIONS = {"attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
+
+
+def lora_branch_nodes(layers: int) -> list[str]:
+    """Every MatMul name the builder may give a LoRA branch in a model of ``layers`` layers (kept out of int4)."""
+    return [f"/model/layers.{i}/{block}/{proj}/lora_{ab}/MatMul"
+            for i in range(layers) for block, projs in _PROJECTIONS.items() for proj in projs for ab in "AB"]
+
+
+def with_adapter_options(base: ModelDir, adapter: ModelDir) -> list[str]:
+    """Builder options that add ``adapter``'s LoRA branch to ``base`` and keep the branch in float."""
+    layers = int(json.loads((Path(base.path) / "config.json").read_text())["num_hidden_layers"])
+    return [f"adapter_path={adapter.path}", "hf_token=false", f"nodes_to_exclude={','.join(lora_branch_nodes(layers))}"]
+
+
+def check_adapter_name(name: str) -> str:
+    """``name`` if it can name a served adapter (a file name and a request's ``model``), else QuantizeError."""
+    if not ADAPTER_NAME.match(name):
+        raise QuantizeError(f"adapter name {name!r}: use 1–64 letters, digits, '.', '_' or '-', starting with a "
+                            "letter or digit")
+    return name
+
+
+def adapter_files(model_dir: Path) -> dict[str, Path]:
+    """The adapters a multi-LoRA folder holds, by name."""
+    folder = Path(model_dir) / ADAPTERS_DIR
+    return {p.name[: -len(ADAPTER_SUFFIX)]: p for p in sorted(folder.glob(f"*{ADAPTER_SUFFIX}"))}
+
+
+def lora_inputs(model_dir: Path) -> dict[str, list[int | str]]:
+    """The LoRA weight inputs of a built model and their shapes (``lora_r`` where the rank is free)."""
+    import onnx
+
+    model = onnx.load(str(Path(model_dir) / "model.onnx"), load_external_data=False)
+    return {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in model.graph.input if ".lora_A." in i.name or ".lora_B." in i.name}
+
+
+def _build_with_adapter(base: ModelDir, adapter: ModelDir, precision: OnnxPrecision, cfg: QuantizeConfig,
+                        out: Path) -> Path:
+    """The base with ``adapter``'s float LoRA branch, then its LoRA weights extracted; returns the weights file."""
+    built = out.parent / f"{out.name}.with-adapter"
+    shutil.rmtree(built, ignore_errors=True)
+    build_onnx(base, precision, cfg, built, with_adapter_options(base, adapter))
+    quantized_branch = [n for n in _matmul_nbits(built) if "/lora_A/" in n or "/lora_B/" in n]
+    if quantized_branch:
+        raise QuantizeError(f"the builder quantized the LoRA branch ({quantized_branch[:3]}…); multi-LoRA needs "
+                            "it in float")
+    _extract(built, out)
+    shutil.rmtree(built)
+    return out / "adapter_weights.onnx_adapter"
+
+
+def _extract(built: Path, out: Path) -> None:
+    """Olive's ExtractAdapters: LoRA weights → optional inputs of ``out/model.onnx`` + ``adapter_weights``."""
+    from olive.model import ONNXModelHandler
+    from olive.passes.olive_pass import create_pass_from_dict
+    from olive.passes.onnx.extract_adapters import ExtractAdapters
+
+    options = {"make_inputs": True, "dynamic_lora_r": True, "optional_inputs": True, "save_format": "onnx_adapter"}
+    extract = create_pass_from_dict(ExtractAdapters, options, disable_search=True)
+    out.mkdir(parents=True, exist_ok=True)
+    result = extract.run(ONNXModelHandler(str(built), onnx_file_name="model.onnx"), str(out / "model.onnx"))
+    if not result.model_attributes or not result.model_attributes.get("constant_inputs"):
+        raise QuantizeError(f"Olive's ExtractAdapters found no LoRA weights in {built}")
+    for file in built.iterdir():  # the onnxruntime-genai files (config, tokenizer, chat template)
+        if file.is_file() and not file.name.startswith("model.onnx"):
+            shutil.copy2(file, out / file.name)
+
+
+def _matmul_nbits(folder: Path) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type == "MatMulNBits"]
+
+
+def build_multi_lora(base: ModelDir, adapters: dict[str, ModelDir], precision: OnnxPrecision,
+                     cfg: QuantizeConfig, out: Path) -> Artifact:
+    """A multi-LoRA folder: ``base`` quantized once, with every adapter of ``adapters`` (name → peft folder).
+
+    The first adapter decides which projections have a LoRA branch; every other adapter may adapt those or
+    fewer (an adapter that adapts more is refused, naming the missing projections).
+    """
+    if not adapters:
+        raise QuantizeError("a multi-LoRA build needs at least one adapter")
+    names = [check_adapter_name(n) for n in adapters]
+    shutil.rmtree(out, ignore_errors=True)
+    first = _build_with_adapter(base, adapters[names[0]], precision, cfg, out)
+    (out / ADAPTERS_DIR).mkdir()
+    first.rename(out / ADAPTERS_DIR / f"{names[0]}{ADAPTER_SUFFIX}")
+    for name in names[1:]:
+        add_adapter(out, base, name, adapters[name], precision, cfg)
+    return onnx_artifact(f"onnx-{precision}-multi-lora", out)
+
+
+def add_adapter(model_dir: Path, base: ModelDir, name: str, adapter: ModelDir, precision: OnnxPrecision,
+                cfg: QuantizeConfig) -> Path:
+    """Add ``adapter`` to the multi-LoRA folder ``model_dir`` built from ``base``; returns its weights file."""
+    check_adapter_name(name)
+    expected = lora_inputs(model_dir)
+    with tempfile.TemporaryDirectory(prefix="adapter-", dir=model_dir.parent) as tmp:
+        weights = _build_with_adapter(base, adapter, precision, cfg, Path(tmp) / "model")
+        extra = sorted(set(lora_inputs(Path(tmp) / "model")) - set(expected))
+        if extra:
+            adapted = sorted({n.rsplit(".lora_", 1)[0] for n in expected})
+            raise QuantizeError(f"adapter {name!r} ({adapter.path}) adapts projections the base at {model_dir} has "
+                                f"no LoRA branch for: {extra[:4]}{'…' if len(extra) > 4 else ''}; the base adapts "
+                                f"{adapted[:4]}{'…' if len(adapted) > 4 else ''}. Rebuild the base with an "
+                                "adapter that targets every module the others do")
+        target = model_dir / ADAPTERS_DIR / f"{name}{ADAPTER_SUFFIX}"
+        target.parent.mkdir(exist_ok=True)
+        shutil.move(weights, target)
+    return target
