@@ -115,11 +115,12 @@ def next_tokens(generator: Any) -> Iterator[np.ndarray]:
 
 
 def decode_batch(m: OgModel, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int],
-                 sampling: Sampling = Sampling()) -> list[Decoded]:
-    """Generate for every prompt at once; row ``i`` stops at end-of-sequence or after ``max_new_tokens[i]``."""
+                 sampling: Sampling = Sampling(), adapter: str | None = None) -> list[Decoded]:
+    """Generate for every prompt at once (with LoRA ``adapter`` if given); row ``i`` stops at end-of-sequence or
+    after ``max_new_tokens[i]``."""
     rows = [Decoded() for _ in prompts]
     done = [n <= 0 for n in max_new_tokens]
-    generator = start_batch(m, prompts, max(max_new_tokens), sampling)
+    generator = start_batch(m, prompts, max(max_new_tokens), sampling, adapter)
     for step in next_tokens(generator):
         for i, row in enumerate(rows):
             if done[i]:

@@ -24,8 +24,8 @@ async def respond(state: ServingState, body: ChatRequest | CompletionRequest, re
     """Answer a chat or completion request: server-sent events when it asks for a stream, else JSON."""
     generation = Generation(state, await prepare(state, body), state.capture.hook(request.url.path, body))
     if not body.stream:
-        return JSONResponse(_whole(state, body, await generation.collect(request.receive)))
-    name, usage_chunk = state.settings.name, body.wants_usage_chunk
+        return JSONResponse(_whole(state, body, generation, await generation.collect(request.receive)))
+    name, usage_chunk = _answered_by(state, generation), body.wants_usage_chunk
     if isinstance(body, ChatRequest):
         stream = formats.chat_stream(name, generation, bool(body.logprobs), usage_chunk)
     else:
@@ -36,13 +36,19 @@ async def respond(state: ServingState, body: ChatRequest | CompletionRequest, re
 async def answer(state: ServingState, body: ChatRequest | CompletionRequest, request: Request) -> dict:
     """The whole answer to a request as JSON (callers refuse stream: true before)."""
     generation = Generation(state, await prepare(state, body), state.capture.hook(request.url.path, body))
-    return _whole(state, body, await generation.collect(request.receive))
+    return _whole(state, body, generation, await generation.collect(request.receive))
 
 
-def _whole(state: ServingState, body: ChatRequest | CompletionRequest, result: Result) -> dict:
+def _answered_by(state: ServingState, generation: Generation) -> str:
+    """The ``model`` an answer names: the LoRA adapter that answered it, else the served model."""
+    return generation.request.adapter or state.settings.name
+
+
+def _whole(state: ServingState, body: ChatRequest | CompletionRequest, generation: Generation, result: Result) -> dict:
+    name = _answered_by(state, generation)
     if isinstance(body, ChatRequest):
-        return formats.chat_completion(state.settings.name, result, bool(body.logprobs))
-    return formats.text_completion(state.settings.name, result, body.logprobs is not None)
+        return formats.chat_completion(name, result, bool(body.logprobs))
+    return formats.text_completion(name, result, body.logprobs is not None)
 
 
 @router.post("/v1/chat/completions", response_model=None, summary="Chat completion",
