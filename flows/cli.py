@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from flows import commands, platform_cli
 from flows.commands import TARGET_NAMES
@@ -132,6 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     validate = data_sub.add_parser("validate", help="Check JSONL files without training (exit 0 when valid).")
     validate.add_argument("files", nargs="+", metavar="FILE", help="Local JSONL path or s3:// URI.")
 
+    lora = sub.add_parser("multi-lora", help="Build one int4 base that serves many LoRA adapters (the request's "
+                          "'model' picks one), or add adapters to such a folder with --add.")
+    lora.add_argument("base", metavar="BASE", help="Hugging Face folder of the base model the adapters were trained "
+                      "on (e.g. a train run's distilled student).")
+    lora.add_argument("out", metavar="OUT", type=Path, help="Folder to write (served by `python -m infra.serving OUT` "
+                      "or `slmops serve --model-dir OUT`).")
+    lora.add_argument("--adapter", action="append", required=True, metavar="NAME=DIR", help="A peft LoRA adapter "
+                      "folder and the name requests use for it (repeatable; the first decides which projections "
+                      "get a LoRA branch).")
+    lora.add_argument("--add", action="store_true", help="Add the adapters to an existing OUT instead of building.")
+    lora.add_argument("--precision", choices=["int4", "int8", "fp32"], default="int4", help="Base weights (default "
+                      "int4; the LoRA branch is float).")
+    lora.add_argument("--int4-block-size", type=int, choices=[16, 32, 64, 128, 256], default=32,
+                      help="Weights per int4 block (default 32).")
+
     serve = sub.add_parser("serve", help="Serve a model folder as SageMaker starts our image (docker run IMAGE "
                            "serve): /ping 503 while loading, 200 when ready; /invocations; SIGTERM drains.")
     serve.add_argument("--model-dir", default="/opt/ml/model", metavar="DIR", help="onnxruntime-genai folder "
@@ -153,7 +169,7 @@ COMMANDS = {"train": commands.cmd_train, "data": commands.cmd_data_validate, "co
             "rollback": commands.cmd_rollback, "models": commands.cmd_models, "deploy": commands.cmd_deploy,
             "status": commands.cmd_status, "undeploy": commands.cmd_undeploy,
             "deploy-rollback": commands.cmd_deploy_rollback, "batch": commands.cmd_batch,
-            "invoke": commands.cmd_invoke,
+            "invoke": commands.cmd_invoke, "multi-lora": commands.cmd_multi_lora,
             "up": platform_cli.cmd_up, "down": platform_cli.cmd_down, "platform": platform_cli.cmd_platform}
 PLATFORM_COMMANDS = {"up", "down", "platform"}  # these manage the platform, the others use it when it is up
 

@@ -259,6 +259,34 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_multi_lora(args: argparse.Namespace) -> int:
+    from tasks.config import QuantizeConfig
+    from tasks.inputs import describe_model
+    from tasks.quantize.adapters import adapter_files, add_adapter, build_multi_lora
+
+    adapters = {}
+    for spec in args.adapter:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not Path(folder, "adapter_config.json").is_file():
+            raise ConfigError(f"--adapter {spec!r}: expected NAME=DIR where DIR is a peft adapter folder "
+                              "(with adapter_config.json)")
+        adapters[name] = describe_model(folder)
+    if not Path(args.base, "config.json").is_file():
+        raise ConfigError(f"BASE {args.base!r} is not a Hugging Face model folder (no config.json)")
+    base, cfg = describe_model(args.base), QuantizeConfig(int4_block_size=args.int4_block_size)
+    if args.add:
+        if not (args.out / "genai_config.json").is_file():
+            raise ConfigError(f"--add: {args.out} is not a multi-LoRA folder; build it first without --add")
+        for name, adapter in adapters.items():
+            add_adapter(args.out, base, name, adapter, args.precision, cfg)
+    elif args.out.exists() and any(args.out.iterdir()):
+        raise ConfigError(f"{args.out} exists and is not empty; choose a new folder, or --add to add adapters to it")
+    else:
+        build_multi_lora(base, adapters, args.precision, cfg, args.out)
+    print(f"{args.out}: serves adapters {sorted(adapter_files(args.out))} beside the base")
+    return 0
+
+
 def cmd_data_validate(args: argparse.Namespace) -> int:
     from tasks.data.prepare import load_rows
     from tasks.errors import DatasetError
