@@ -81,7 +81,9 @@ class QuantizeConfig(StageConfig):
     onnx: list[OnnxPrecision] = Field(["int4", "int8", "fp32"], description="ONNX precisions to build with the "
                                       "onnxruntime-genai model builder.")
     int4_block_size: Literal[16, 32, 64, 128, 256] = Field(32, description="Weights per int4 quantization block.")
-    int4_algorithm: Literal["rtn", "k_quant"] = Field("k_quant", description="int4 weight quantization algorithm.")
+    int4_algorithm: Literal["rtn", "k_quant", "rtn_last", "k_quant_last"] = Field(
+        "k_quant", description="int4 weight quantization algorithm; the *_last variants keep the last MatMul "
+        "(lm_head) in int8.")
     olive_gptq: bool = Field(False, description="Also build an int4 model with Olive: GPTQ calibrated on the "
                              "train split, then ModelBuilder.")
     olive_calibration_samples: int = Field(64, gt=0, description="Train rows used to calibrate GPTQ.")

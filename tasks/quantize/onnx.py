@@ -26,7 +26,7 @@ def build_onnx(model: ModelDir, precision: OnnxPrecision, cfg: QuantizeConfig, o
                extra_options: Sequence[str] = ()) -> Artifact:
     """Export with the onnxruntime-genai model builder (CPU execution provider); ``extra_options`` are the
     builder's own ``key=value`` options (tasks/quantize/adapters.py adds a LoRA branch with them)."""
-    if precision == "int4" and cfg.int4_algorithm == "k_quant":
+    if precision == "int4" and cfg.int4_algorithm.startswith("k_quant"):
         check_k_quant_blocks(model, cfg.int4_block_size)
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", model.path, "-o", str(out),
            "-p", precision, "-e", "cpu", "-c", str(out.parent / f".cache-{precision}")]
@@ -39,10 +39,15 @@ def build_onnx(model: ModelDir, precision: OnnxPrecision, cfg: QuantizeConfig, o
     run_tool(cmd, f"onnxruntime-genai builder ({precision})", out.parent / f"{out.name}.log")
     artifact = onnx_artifact(f"onnx-{precision}", out)
     if precision == "int4":
-        built = {n["block_size"] for n in quantized_matmuls(out)}
+        matmuls = quantized_matmuls(out)
+        built = {n["block_size"] for n in matmuls}
         if built != {cfg.int4_block_size}:
             raise QuantizeError(f"onnx-int4: asked for block size {cfg.int4_block_size}, the builder wrote "
                                 f"{sorted(built) or 'no int4 MatMul'}")
+        int8 = [n["name"] for n in matmuls if n["bits"] == 8]
+        if cfg.int4_algorithm.endswith("_last") and not any("lm_head" in name for name in int8):
+            raise QuantizeError(f"onnx-int4: asked for an int8 lm_head ({cfg.int4_algorithm}); the builder wrote "
+                                f"int8 MatMuls {int8 or 'none'}")
     return artifact
 
 

@@ -63,6 +63,11 @@ def test_int4_settings_take_effect_in_the_built_model(onnx_models, teacher, tmp_
     assert {(m["bits"], m["block_size"]) for m in quantized_matmuls(onnx_models["int4"].path)} == {(4, 16)}
     wide = build_onnx(teacher, "int4", QuantizeConfig(int4_block_size=128, int4_algorithm="rtn"), tmp_path / "b128")
     assert {m["block_size"] for m in quantized_matmuls(wide.path)} == {128}
+    last = build_onnx(teacher, "int4", QuantizeConfig(int4_block_size=16, int4_algorithm="k_quant_last"),
+                      tmp_path / "last")
+    int8 = [m["name"] for m in quantized_matmuls(last.path) if m["bits"] == 8]
+    assert len(int8) == 1 and "lm_head" in int8[0], int8
+    assert {m["accuracy_level"] for m in quantized_matmuls(onnx_models["int4"].path)} == {4}, "int8 activations"
     assert quantized_matmuls(onnx_models["int8"].path) == [] or all(
         m["bits"] == 8 for m in quantized_matmuls(onnx_models["int8"].path))
 

@@ -1,0 +1,84 @@
+"""Build-time levers of the int4 ONNX build, measured side by side: block size, k_quant vs rtn, int8 lm_head.
+
+Each variant of bench/decode.py's SmolLM-135M-shaped Llama (random init) is built with the onnxruntime-genai
+builder through ``tasks.quantize.onnx.build_onnx`` (which reads back the block size and bits it asked for) and
+decoded in-process by onnxruntime-genai (``OnnxRunner``, same ``--threads``): decode tokens/s (median of
+``--repeats``), perplexity over 16 demo test conversations against the fp32 ONNX build's, and size. The
+builder's ``accuracy_level`` is read from the built model too (it is 4 on CPU by default: int8 activations).
+
+    python bench/int4_levers.py [--new-tokens 64] [--repeats 5] [--threads N] [--out .slmops/bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+VARIANTS = {  # label: (block size, algorithm)
+    "k_quant, block 32 (default)": (32, "k_quant"),
+    "k_quant, block 64": (64, "k_quant"),
+    "k_quant, block 128": (128, "k_quant"),
+    "rtn, block 32": (32, "rtn"),
+    "k_quant, block 32, int8 lm_head": (32, "k_quant_last"),
+}
+
+
+def main() -> None:
+    from decode import make_model, measure, onnx_model
+
+    from tasks.config import QuantizeConfig
+    from tasks.decoding import available_cores
+    from tasks.evaluate.runners import OnnxRunner
+    from tasks.modeling import load_tokenizer
+    from tasks.quantize.onnx import build_onnx, quantized_matmuls
+    from tasks.quantize.tools import disk_size
+    from tasks.records import ModelDir
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--new-tokens", type=int, default=64, help="Tokens generated per run (default 64).")
+    parser.add_argument("--repeats", type=int, default=5, help="Timed runs per variant (default 5).")
+    parser.add_argument("--threads", type=int, default=available_cores(), help="Threads (default: all cores).")
+    parser.add_argument("--out", type=Path, default=Path(".slmops/bench"), help="Working folder.")
+    args = parser.parse_args()
+
+    model_dir = make_model(args.out)
+    tok = load_tokenizer(str(model_dir))
+    texts = [tok(tok.apply_chat_template(m, tokenize=False), add_special_tokens=False)["input_ids"]
+             for m in (json.loads(line)["messages"]
+                       for line in (args.out / "data" / "test.jsonl").read_text().splitlines()[:16])]
+    prompt_ids = tok(tok.apply_chat_template([{"role": "user", "content": "Reverse: a b c d e"}], tokenize=False,
+                                             add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    fp32 = measure(OnnxRunner(str(onnx_model(args.out, model_dir, "fp32")), args.threads), prompt_ids, texts,
+                   args.new_tokens, args.repeats)
+    rows = []
+    for label, (block, algorithm) in VARIANTS.items():
+        folder = args.out / "levers" / f"int4-{algorithm}-{block}"
+        if not (folder / "genai_config.json").is_file():
+            build_onnx(ModelDir(path=str(model_dir), digest="bench"), "int4",
+                       QuantizeConfig(int4_block_size=block, int4_algorithm=algorithm), folder)
+        matmuls = quantized_matmuls(folder)
+        found = measure(OnnxRunner(str(folder), args.threads), prompt_ids, texts, args.new_tokens, args.repeats)
+        bits = Counter(m["bits"] for m in matmuls)
+        levels = sorted({m["accuracy_level"] for m in matmuls})
+        rows.append((label, found, disk_size(folder), dict(bits), levels))
+        print(f"measured {label}", file=sys.stderr)
+
+    print(f"\nSmolLM-135M shape (random init), {args.new_tokens} new tokens, median of {args.repeats}, "
+          f"{args.threads} threads; fp32 ONNX: {fp32['decode_tokens_per_s']:.1f} tok/s, perplexity "
+          f"{fp32['perplexity']:.2f}\n")
+    print("| int4 variant | decode tok/s | vs default | perplexity vs fp32 | size MB | MatMulNBits bits | "
+          "accuracy_level |\n|---|---:|---:|---:|---:|---|---|")
+    default = rows[0][1]["decode_tokens_per_s"]
+    for label, found, size, bits, levels in rows:
+        print(f"| {label} | {found['decode_tokens_per_s']:.1f} | {found['decode_tokens_per_s'] / default:.2f}× | "
+              f"{100 * (found['perplexity'] / fp32['perplexity'] - 1):+.2f}% | {size / 2**20:.1f} | "
+              f"{', '.join(f'{n}× int{b}' for b, n in sorted(bits.items()))} | {levels} |")
+
+
+if __name__ == "__main__":
+    main()
