@@ -54,4 +54,5 @@ def configure_environment(settings: Settings | None = None) -> Settings:
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")  # Olive (GPTQ, ExtractAdapters) phones home otherwise
     return settings

@@ -4,8 +4,10 @@ onnxruntime-genai's model builder, given a peft adapter (``adapter_path``), adds
 (``x·A·B``, B pre-scaled by alpha/r) beside every adapted MatMul; the base weights are quantized as usual and the
 branch is kept out of int4. Olive's ``ExtractAdapters`` then turns the branch's weights into optional graph inputs
 with a dynamic rank (empty by default: the base answers alone) and writes them to an ``.onnx_adapter`` file, which
-onnxruntime-genai activates per generator (``og.Adapters``). Every further adapter is built the same way and only
-its weights file is kept, so its tensor names are the base's by construction.
+onnxruntime-genai activates per generator (``og.Adapters``). A further adapter's weights are read straight from
+its peft file and renamed to the base's inputs (A transposed, B transposed and scaled by alpha/r: what the
+builder's branch holds, bit for bit); an adapter that mapping does not cover (rsLoRA, per-module ranks or alphas,
+DoRA, biases, other module names) is built like the first and only its weights file kept.
 
 Layout of a multi-LoRA folder: the usual onnxruntime-genai files plus ``adapters/<name>.onnx_adapter``; the serving
 runtime serves each adapter under its file's name.
@@ -18,6 +20,8 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from tasks.config import OnnxPrecision, QuantizeConfig
 from tasks.errors import QuantizeError
@@ -129,16 +133,70 @@ def add_adapter(model_dir: Path, base: ModelDir, name: str, adapter: ModelDir, p
     """Add ``adapter`` to the multi-LoRA folder ``model_dir`` built from ``base``; returns its weights file."""
     check_adapter_name(name)
     expected = lora_inputs(model_dir)
-    with tempfile.TemporaryDirectory(prefix="adapter-", dir=model_dir.parent) as tmp:
-        weights = _build_with_adapter(base, adapter, precision, cfg, Path(tmp) / "model")
-        extra = sorted(set(lora_inputs(Path(tmp) / "model")) - set(expected))
-        if extra:
-            adapted = sorted({n.rsplit(".lora_", 1)[0] for n in expected})
-            raise QuantizeError(f"adapter {name!r} ({adapter.path}) adapts projections the base at {model_dir} has "
-                                f"no LoRA branch for: {extra[:4]}{'…' if len(extra) > 4 else ''}; the base adapts "
-                                f"{adapted[:4]}{'…' if len(adapted) > 4 else ''}. Rebuild the base with an "
-                                "adapter that targets every module the others do")
-        target = model_dir / ADAPTERS_DIR / f"{name}{ADAPTER_SUFFIX}"
+    target = model_dir / ADAPTERS_DIR / f"{name}{ADAPTER_SUFFIX}"
+    weights = peft_lora_weights(adapter, expected)
+    if weights is not None:
+        _check_fits(name, adapter, model_dir, expected, set(weights))
         target.parent.mkdir(exist_ok=True)
-        shutil.move(weights, target)
+        write_adapter(weights, target)
+        return target
+    with tempfile.TemporaryDirectory(prefix="adapter-", dir=model_dir.parent) as tmp:
+        built = _build_with_adapter(base, adapter, precision, cfg, Path(tmp) / "model")
+        _check_fits(name, adapter, model_dir, expected, set(lora_inputs(Path(tmp) / "model")))
+        target.parent.mkdir(exist_ok=True)
+        shutil.move(built, target)
     return target
+
+
+def _check_fits(name: str, adapter: ModelDir, model_dir: Path, expected: dict[str, list[int | str]],
+                found: set[str]) -> None:
+    """Refuse an adapter with weights for projections the base has no LoRA branch for, naming them."""
+    extra = sorted(found - set(expected))
+    if extra:
+        adapted = sorted({n.rsplit(".lora_", 1)[0] for n in expected})
+        raise QuantizeError(f"adapter {name!r} ({adapter.path}) adapts projections the base at {model_dir} has "
+                            f"no LoRA branch for: {extra[:4]}{'…' if len(extra) > 4 else ''}; the base adapts "
+                            f"{adapted[:4]}{'…' if len(adapted) > 4 else ''}. Rebuild the base with an "
+                            "adapter that targets every module the others do")
+
+
+_PEFT_KEY = re.compile(r"^base_model\.model\.(?:model\.)?layers\.(\d+)\.(self_attn|mlp)\.(\w+_proj)"
+                       r"\.lora_([AB])\.weight$")
+
+
+def peft_lora_weights(adapter: ModelDir, expected: dict[str, list[int | str]]) -> dict[str, np.ndarray] | None:
+    """``adapter``'s LoRA weights under the base's input names (``expected``, from ``lora_inputs``; a projection
+    the base lacks keeps its would-be name), or None when the adapter uses anything this direct mapping does not
+    cover or a shape does not fit, so the caller builds it instead."""
+    from safetensors.numpy import load_file
+
+    folder = Path(adapter.path)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    plain = (config.get("peft_type") == "LORA" and not config.get("use_rslora") and not config.get("use_dora")
+             and not config.get("rank_pattern") and not config.get("alpha_pattern")
+             and not config.get("fan_in_fan_out") and config.get("bias", "none") == "none")
+    if not plain or not (folder / "adapter_model.safetensors").is_file():
+        return None
+    scaling = config["lora_alpha"] / config["r"]
+    weights = {}
+    for key, value in load_file(folder / "adapter_model.safetensors").items():
+        match = _PEFT_KEY.match(key)
+        if not match:
+            return None
+        layer, block, proj, ab = match.groups()
+        name = f"model.layers.{layer}.{'attn' if block == 'self_attn' else 'mlp'}.{proj}.lora_{ab}.MatMul.weight"
+        weight = (value.T * scaling if ab == "B" else value.T).astype(np.float32)
+        shape = expected.get(name)
+        if shape is not None and any(d != "lora_r" and d != n for d, n in zip(shape, weight.shape, strict=True)):
+            return None
+        weights[name] = np.ascontiguousarray(weight)
+    return weights
+
+
+def write_adapter(weights: dict[str, np.ndarray], path: Path) -> None:
+    """Write LoRA weights as an onnxruntime ``.onnx_adapter`` file."""
+    import onnxruntime as ort
+
+    adapter = ort.AdapterFormat()
+    adapter.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in weights.items()})
+    adapter.export_adapter(str(path))

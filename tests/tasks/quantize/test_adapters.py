@@ -10,7 +10,13 @@ from tasks.config import QuantizeConfig
 from tasks.decoding import OgModel, Sampling, next_tokens, start_batch
 from tasks.errors import QuantizeError
 from tasks.inputs import describe_model
-from tasks.quantize.adapters import adapter_files, add_adapter, lora_inputs, with_adapter_options
+from tasks.quantize.adapters import (
+    adapter_files,
+    add_adapter,
+    lora_inputs,
+    peft_lora_weights,
+    with_adapter_options,
+)
 from tasks.quantize.onnx import build_onnx, quantized_matmuls
 
 CFG = QuantizeConfig(int4_block_size=16)
@@ -67,3 +73,16 @@ def test_an_adapter_of_projections_the_base_lacks_is_refused_and_nothing_is_adde
         add_adapter(multi_lora["served"], base, "../x", describe_model(str(multi_lora["beta"])), "int4", CFG)
     assert sorted(p.name for p in (multi_lora["served"] / "adapters").iterdir()) == before
     assert not [p for p in multi_lora["served"].parent.iterdir() if p.name.startswith("adapter-")], "no leftovers"
+
+
+def test_weights_read_from_the_peft_file_are_the_builders_bit_for_bit(multi_lora: dict[str, Path]) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    # alpha's file came from the builder and Olive's ExtractAdapters (it made the base); further adapters are
+    # read straight from their peft files, which must give exactly the same tensors under the same names
+    read = ort.AdapterFormat.read_adapter(str(multi_lora["served"] / "adapters" / "alpha.onnx_adapter"))
+    built = {k: v.numpy().copy() for k, v in read.get_parameters().items()}  # views into ``read``: keep it alive
+    direct = peft_lora_weights(describe_model(str(multi_lora["alpha"])), lora_inputs(multi_lora["served"]))
+    assert direct is not None and sorted(direct) == sorted(built)
+    assert all(np.array_equal(direct[k], built[k]) for k in built)
