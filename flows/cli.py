@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "folder and the name requests use for it (repeatable; the first decides which projections "
                       "get a LoRA branch).")
     lora.add_argument("--add", action="store_true", help="Add the adapters to an existing OUT instead of building.")
+    lora.add_argument("--register", metavar="NAME", help="Then register OUT as a version of NAME in the MLflow "
+                      "registry, and each adapter alone as a version of the model named like it, beside that base "
+                      "(promote and deploy an adapter like any model: it is served over its base).")
     lora.add_argument("--precision", choices=["int4", "int8", "fp32"], default="int4", help="Base weights (default "
                       "int4; the LoRA branch is float).")
     lora.add_argument("--int4-block-size", type=int, choices=[16, 32, 64, 128, 256], default=32,

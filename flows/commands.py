@@ -284,6 +284,11 @@ def cmd_multi_lora(args: argparse.Namespace) -> int:
     else:
         build_multi_lora(base, adapters, args.precision, cfg, args.out)
     print(f"{args.out}: serves adapters {sorted(adapter_files(args.out))} beside the base")
+    if args.register:
+        from registry.adapters import register_multi_lora
+
+        for version in register_multi_lora(get_settings().root, args.register, args.out):
+            print(f"registered {version.name}/{version.version}")
     return 0
 
 

@@ -69,12 +69,21 @@ def download_served(root: Path, name: str, version: str, run_id: str) -> Path:
 
 
 def resolve_release(root: Path, ref: str) -> ModelRelease:
-    """Find the version ``ref`` points at and download its served ONNX folder and GGUF files (cached)."""
+    """Find the version ``ref`` points at and download its served ONNX folder and GGUF files (cached).
+
+    An adapter-only version (registry/adapters.py) resolves to its base's folder with the adapter filed under
+    the version's model name, which the server then answers that name with.
+    """
+    from registry.adapters import ADAPTER_KIND, BASE_TAG, KIND_TAG, assemble_adapter_release
+
     setup_tracking(root)
     client = MlflowClient()
     name, version = version_of(client, ref)
     mv = client.get_model_version(name, version)
     dest = version_cache(root, name, version)
+    if mv.tags.get(KIND_TAG) == ADAPTER_KIND:
+        served = assemble_adapter_release(root, client, name, version, mv.run_id, mv.tags[BASE_TAG], dest)
+        return ModelRelease(name=name, version=str(version), onnx_dir=str(served))
     served = download_served(root, name, version, mv.run_id)
     try:
         gguf = {}

@@ -44,11 +44,12 @@ async def prepare(state: ServingState, body: ChatRequest | CompletionRequest) ->
 
 
 def resolve_adapter(state: ServingState, model: str | None) -> str | None:
-    """The LoRA adapter ``model`` asks for: None for the base model (or no ``model``), else an adapter's name;
-    a name this server does not serve is a 404 that lists what it does."""
-    if model in (None, *state.settings.served_names()):
-        return None
+    """The LoRA adapter ``model`` asks for: the served name (or no ``model``) means the adapter of that same name
+    where there is one (a registry adapter-only release), else the base alone; an adapter's name means that
+    adapter; a name this server does not serve is a 404 that lists what it does."""
     adapters = state.engine.adapters
+    if model in (None, *state.settings.served_names()):
+        return state.settings.name if state.settings.name in adapters else None
     if model in adapters:
         return model
     also = f" and the LoRA adapters {adapters}" if adapters else ""

@@ -72,5 +72,5 @@ async def models(request: Request) -> dict:
     state = serving(request)
     card = {"object": "model", "owned_by": "slmops", "created": 0, "version": state.settings.version,
             "context_length": state.engine.context_length}
-    names = [state.settings.name, *state.engine.adapters]
+    names = [state.settings.name, *(a for a in state.engine.adapters if a != state.settings.name)]
     return {"object": "list", "data": [{"id": name, **card} for name in names]}

@@ -1,0 +1,72 @@
+"""Adapter-only registry versions beside their multi-LoRA base: registered, resolved over the base, served."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow.tracking import MlflowClient
+
+from infra import process
+from infra.serving.batch import TokenText
+from infra.serving.engine import load_tokenizer
+from registry.adapters import ADAPTER_KIND, register_multi_lora
+from registry.errors import RegistryError
+from registry.history import move_alias
+from registry.resolve import resolve_release
+from tasks.data.chat import render_ids
+from tasks.decoding import OgModel, decode_batch
+from tasks.quantize.adapters import adapter_files
+from tests.infra.serving.conftest import start_server
+
+QUESTION = "Reverse: a b c"
+
+
+def test_an_adapter_version_is_served_over_its_base_under_its_own_name(multi_lora: dict[str, Path], tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLMOPS_HOME", str(tmp_path))
+    registered = register_multi_lora(tmp_path, "ml-base", multi_lora["served"])
+    assert [(r.name, r.version) for r in registered] == [("ml-base", "1"), ("alpha", "1"), ("beta", "1")]
+    client = MlflowClient()
+    alpha = client.get_model_version("alpha", "1")
+    assert alpha.tags["slmops.kind"] == ADAPTER_KIND and alpha.tags["slmops.base"] == "ml-base/1"
+    artifacts = [a.path for a in client.list_artifacts(alpha.run_id, "adapter-alpha")]
+    assert artifacts == ["adapter-alpha/alpha.onnx_adapter"], "the adapter version holds the adapter alone"
+
+    move_alias(client, "alpha", "champion", "1", reason="test")
+    release = resolve_release(tmp_path, "alpha@champion")
+    folder = Path(release.onnx_dir)
+    assert (release.name, release.version) == ("alpha", "1")
+    assert sorted(adapter_files(folder)) == ["alpha", "beta"]
+    assert resolve_release(tmp_path, "alpha/1").onnx_dir == release.onnx_dir, "assembled once, then cached"
+
+    # served as `alpha`, a request naming it (or naming nothing) answers with the alpha adapter, not the base
+    model, tok = OgModel(folder, threads=2), load_tokenizer(folder)
+    prompt = render_ids(tok, [{"role": "user", "content": QUESTION}], True)
+    token_bytes = TokenText(tok).bytes
+    expected = {a: [token_bytes(t) for t in decode_batch(model, [prompt], [10], adapter=a)[0].tokens]
+                for a in (None, "alpha")}
+    assert expected[None] != expected["alpha"]
+    for served_as, adapter, listed in (("tiny-slm", None, ["tiny-slm", "alpha", "beta"]),
+                                       ("alpha", "alpha", ["alpha", "beta"])):
+        url, pid = start_server(folder, tmp_path / f"{served_as}.log", "--name", served_as)
+        try:
+            assert [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=60).json()["data"]] == listed
+            for named in (served_as, None):
+                assert answer(url, named) == expected[adapter], (served_as, named)
+        finally:
+            process.stop(pid)
+
+
+def answer(url: str, model: str | None) -> list[list[int]]:
+    """The greedy answer's tokens (their bytes) to QUESTION, naming ``model`` or no model."""
+    body = {"max_tokens": 10, "temperature": 0, "logprobs": True, "messages": [{"role": "user", "content": QUESTION}]}
+    reply = httpx.post(f"{url}/v1/chat/completions", json=body | ({"model": model} if model else {}), timeout=60)
+    assert reply.status_code == 200, reply.text
+    return [t["bytes"] for t in reply.json()["choices"][0]["logprobs"]["content"]]
+
+
+def test_a_folder_without_lora_inputs_is_refused(tiny_onnx: Path, tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="has no LoRA inputs: build it with `slmops multi-lora`"):
+        register_multi_lora(tmp_path, "plain", tiny_onnx)
