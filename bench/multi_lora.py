@@ -1,9 +1,9 @@
 """Multi-LoRA serving: memory and tokens/s of one int4 base serving 1 vs 8 LoRA adapters, in one run.
 
 The model is bench/decode.py's SmolLM-135M-shaped Llama (random init). Eight random LoRA adapters (rank
-``--rank`` on q/k/v/o/gate/up/down, tasks/data/demo.py ``make_lora_adapter``) are built into one multi-LoRA
-folder (tasks/quantize/adapters.py). Three servers (``python -m infra.serving``, same ``--threads``) run one
-after another on 127.0.0.1:
+``--rank`` on ``--targets``, default q/k/v/o/gate/up/down; tasks/data/demo.py ``make_lora_adapter``) are built
+into one multi-LoRA folder (tasks/quantize/adapters.py). Three servers (``python -m infra.serving``, same
+``--threads``) run one after another on 127.0.0.1:
 
 - ``plain``: the ordinary int4 build, no LoRA branch (what a merged fine-tune serves);
 - ``1 adapter``: the multi-LoRA base with one adapter file;
@@ -15,7 +15,7 @@ aggregate tokens/s of 8 concurrent clients that all use one adapter vs each its 
 the second runs up to 8 batches in turn: the engine's ``--max-running-batches``). Serving 8 merged fine-tunes
 instead would take 8 servers: 8 × the plain server's memory.
 
-    python bench/multi_lora.py [--rank 16] [--new-tokens 64] [--repeats 3] [--requests 2]
+    python bench/multi_lora.py [--rank 16] [--targets q_proj,v_proj,…] [--new-tokens 64] [--repeats 3] [--requests 2]
                                [--threads N (default: available cores)] [--out .slmops/bench]
 """
 
@@ -33,33 +33,39 @@ import httpx
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 ADAPTERS = [f"task{i}" for i in range(8)]
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 PROMPT = "Reverse: a b c d e"
 
 
-def build(out: Path, rank: int) -> tuple[Path, Path, dict[str, float]]:
+def build(out: Path, rank: int, targets: list[str]) -> tuple[Path, Path, dict[str, float]]:
     """The plain int4 build and the 8-adapter multi-LoRA folder (built once), and how long each build took."""
     from decode import make_model, onnx_model
 
     from tasks.config import QuantizeConfig
     from tasks.data.demo import make_lora_adapter
     from tasks.inputs import describe_model
-    from tasks.quantize.adapters import build_multi_lora
+    from tasks.quantize.adapters import add_adapter, build_multi_lora
 
     model = make_model(out)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     plain = onnx_model(out, model, "int4")
     seconds["plain int4 build (if not cached)"] = time.perf_counter() - start
-    multi = out / f"onnx-int4-lora-r{rank}"
+    tag = f"r{rank}-{'-'.join(t.removesuffix('_proj') for t in targets)}"
+    multi = out / f"onnx-int4-lora-{tag}"
     if not (multi / "adapters" / f"{ADAPTERS[-1]}.onnx_adapter").is_file():
-        adapters = {name: describe_model(str(make_lora_adapter(model, out / "lora" / f"{name}-r{rank}", TARGETS, rank,
+        adapters = {name: describe_model(str(make_lora_adapter(model, out / "lora" / f"{name}-{tag}", targets, rank,
                                                                seed=i)))
                     for i, name in enumerate(ADAPTERS)}
         start = time.perf_counter()
         build_multi_lora(describe_model(str(model)), adapters, "int4",
                          QuantizeConfig(int4_block_size=32, int4_algorithm="k_quant"), multi)
         seconds["multi-LoRA build, base + 8 adapters"] = time.perf_counter() - start
+    start = time.perf_counter()  # one more adapter, read from its peft file (tasks/quantize/adapters.py)
+    add_adapter(multi, describe_model(str(model)), "timed", describe_model(str(out / "lora" / f"task7-{tag}")),
+                "int4", QuantizeConfig(int4_block_size=32))
+    seconds["adding one adapter to the built base"] = time.perf_counter() - start
+    (multi / "adapters" / "timed.onnx_adapter").unlink()
     return plain, multi, seconds
 
 
@@ -128,7 +134,7 @@ def measure(folder: Path, adapters: list[str], args: argparse.Namespace) -> dict
         with httpx.Client(timeout=600) as http:
             for model in ["base", *adapters]:
                 ask(http, url, model, 8)
-        found: dict[str, float] = {"rss_mb": rss_mb(pid),
+        found: dict[str, float] = {"rss_mb": rss_mb(pid.pid),
                                    "base_tps": single_stream(url, "base", args.new_tokens, args.repeats)}
         if adapters:
             found["adapter_tps"] = single_stream(url, adapters[0], args.new_tokens, args.repeats)
@@ -137,7 +143,7 @@ def measure(folder: Path, adapters: list[str], args: argparse.Namespace) -> dict
                                                              args.new_tokens, args.requests)
         else:
             found["8_clients_one_adapter_tps"] = concurrent(url, ["base"] * 8, args.new_tokens, args.requests)
-        found["rss_after_mb"] = rss_mb(pid)
+        found["rss_after_mb"] = rss_mb(pid.pid)
     finally:
         process.stop(pid)
     return found
@@ -149,6 +155,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank of every adapter (default 16).")
+    parser.add_argument("--targets", default=ALL_LINEAR, help=f"Adapted projections (default {ALL_LINEAR}).")
     parser.add_argument("--new-tokens", type=int, default=64, help="Tokens per timed request (default 64).")
     parser.add_argument("--repeats", type=int, default=3, help="Timed single-stream requests (default 3).")
     parser.add_argument("--requests", type=int, default=2, help="Requests per concurrent client (default 2).")
@@ -157,15 +164,17 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    plain, multi, seconds = build(args.out, args.rank)
+    targets = args.targets.split(",")
+    plain, multi, seconds = build(args.out, args.rank, targets)
     runs = {"plain int4 (no LoRA branch)": (plain, []),
-            "multi-LoRA base, 1 adapter": (variant(multi, ADAPTERS[:1], args.out / "multi-lora-1"), ADAPTERS[:1]),
-            "multi-LoRA base, 8 adapters": (variant(multi, ADAPTERS, args.out / "multi-lora-8"), ADAPTERS)}
+            "multi-LoRA base, 1 adapter": (variant(multi, ADAPTERS[:1], multi.parent / f"{multi.name}-serve1"),
+                                           ADAPTERS[:1]),
+            "multi-LoRA base, 8 adapters": (variant(multi, ADAPTERS, multi.parent / f"{multi.name}-serve8"), ADAPTERS)}
     results = {label: measure(folder, adapters, args) for label, (folder, adapters) in runs.items()}
 
     weights = {"plain": disk_size(plain), "multi base": sum(disk_size(p) for p in multi.glob("model.onnx*")),
                "one adapter file": disk_size(multi / "adapters" / f"{ADAPTERS[0]}.onnx_adapter")}
-    print(f"\nSmolLM-135M shape, int4 k_quant/32, LoRA r={args.rank} on {'/'.join(TARGETS)}, {args.threads} threads, "
+    print(f"\nSmolLM-135M shape, int4 k_quant/32, LoRA r={args.rank} on {'/'.join(targets)}, {args.threads} threads, "
           f"{args.new_tokens}-token greedy requests")
     for what, value in seconds.items():
         print(f"  {what}: {value:.1f} s")

@@ -14,6 +14,7 @@ from typing import Any
 
 from infra.targets.base import DeployError, Deployment, DeploymentStatus, RecordedTarget, check_answer, now
 from infra.targets.config import FoundryTargetConfig
+from tasks.quantize.adapters import adapter_files
 from tasks.records import ModelRelease
 
 PLACEHOLDER = "{Content}"
@@ -105,6 +106,9 @@ class FoundryTarget(RecordedTarget):
         """
         from foundry_local_sdk.exception import FoundryLocalException
 
+        if release.name in adapter_files(Path(release.onnx_dir)):
+            raise DeployError(f"{release.ref} is a LoRA adapter served over its base, and Foundry Local cannot "
+                              "activate an adapter: deploy it to the local or sagemaker target")
         model_id, folder = f"{release.name}:{release.version}", layout_folder(release, self.cache_dir)
         taken = self.catalog().get_model_variant(model_id) is not None
         trial_id, trial = (f"{release.name}-next:{release.version}", folder.with_name(f"{folder.name}.next")) \

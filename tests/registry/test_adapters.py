@@ -11,6 +11,9 @@ from mlflow.tracking import MlflowClient
 from infra import process
 from infra.serving.batch import TokenText
 from infra.serving.engine import load_tokenizer
+from infra.targets.base import DeployError
+from infra.targets.config import FoundryTargetConfig
+from infra.targets.foundry import FoundryTarget
 from registry.adapters import ADAPTER_KIND, register_multi_lora
 from registry.errors import RegistryError
 from registry.history import move_alias
@@ -57,6 +60,10 @@ def test_an_adapter_version_is_served_over_its_base_under_its_own_name(multi_lor
                 assert answer(url, named) == expected[adapter], (served_as, named)
         finally:
             process.stop(pid)
+
+    # Foundry Local would load the base and ignore the adapter: an adapter release is refused there, not served wrong
+    with pytest.raises(DeployError, match="alpha/1 is a LoRA adapter served over its base, and Foundry Local"):
+        FoundryTarget(FoundryTargetConfig(), tmp_path).deploy(release)
 
 
 def answer(url: str, model: str | None) -> list[list[int]]:
