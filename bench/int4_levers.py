@@ -1,4 +1,4 @@
-"""Build-time levers of the int4 ONNX build, measured side by side: block size, k_quant vs rtn, int8 lm_head.
+"""Build-time levers of the int4 ONNX build, side by side: block size, k_quant vs rtn, int8 lm_head.
 
 Each variant of bench/decode.py's SmolLM-135M-shaped Llama (random init) is built with the onnxruntime-genai
 builder through ``tasks.quantize.onnx.build_onnx`` (which reads back the block size and bits it asked for) and
@@ -19,11 +19,12 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-VARIANTS = {  # label: (block size, algorithm)
+VARIANTS = {  # label: (block size, algorithm); k_quant needs an even block count per input (576 = 18 × 32)
     "k_quant, block 32 (default)": (32, "k_quant"),
-    "k_quant, block 64": (64, "k_quant"),
-    "k_quant, block 128": (128, "k_quant"),
+    "k_quant, block 16": (16, "k_quant"),
     "rtn, block 32": (32, "rtn"),
+    "rtn, block 64": (64, "rtn"),
+    "rtn, block 128": (128, "rtn"),
     "k_quant, block 32, int8 lm_head": (32, "k_quant_last"),
 }
 

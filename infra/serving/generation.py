@@ -52,7 +52,8 @@ def resolve_adapter(state: ServingState, model: str | None) -> str | None:
         return state.settings.name if state.settings.name in adapters else None
     if model in adapters:
         return model
-    also = f" and the LoRA adapters {adapters}" if adapters else ""
+    others = [a for a in adapters if a != state.settings.name]
+    also = f" and the LoRA adapters {others}" if others else ""
     raise ApiError(404, f"unknown model {model!r}; this server serves {state.settings.name!r}{also}",
                    param="model", code="model_not_found")
 

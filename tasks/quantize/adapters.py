@@ -151,13 +151,16 @@ def add_adapter(model_dir: Path, base: ModelDir, name: str, adapter: ModelDir, p
 def _check_fits(name: str, adapter: ModelDir, model_dir: Path, expected: dict[str, list[int | str]],
                 found: set[str]) -> None:
     """Refuse an adapter with weights for projections the base has no LoRA branch for, naming them."""
-    extra = sorted(found - set(expected))
+    extra = _projections(found - set(expected))
     if extra:
-        adapted = sorted({n.rsplit(".lora_", 1)[0] for n in expected})
         raise QuantizeError(f"adapter {name!r} ({adapter.path}) adapts projections the base at {model_dir} has "
-                            f"no LoRA branch for: {extra[:4]}{'…' if len(extra) > 4 else ''}; the base adapts "
-                            f"{adapted[:4]}{'…' if len(adapted) > 4 else ''}. Rebuild the base with an "
-                            "adapter that targets every module the others do")
+                            f"no LoRA branch for: {extra}; the base adapts {_projections(set(expected))}. Rebuild "
+                            "the base with an adapter that targets every module the others do")
+
+
+def _projections(names: set[str]) -> list[str]:
+    """``model.layers.3.mlp.gate_proj.lora_A.MatMul.weight`` … → ``['mlp.gate_proj']``."""
+    return sorted({re.sub(r"^model\.layers\.\d+\.", "", n).rsplit(".lora_", 1)[0] for n in names})
 
 
 _PEFT_KEY = re.compile(r"^base_model\.model\.(?:model\.)?layers\.(\d+)\.(self_attn|mlp)\.(\w+_proj)"
