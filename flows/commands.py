@@ -67,6 +67,9 @@ def _run_pipeline(config_path: Path, overrides: list[str], deploy_port: int | No
               f"(aliases: {', '.join(reg.aliases)})")
     else:
         print(f"\nregistered {reg.name} version {reg.version} (aliases: {', '.join(reg.aliases)})")
+    for version in summary.adapter_versions:  # quantize.adapter_only: the base, then the adapter alone over it
+        what = "multi-LoRA base" if version is summary.adapter_versions[0] else "the LoRA adapter alone"
+        print(f"{'reused' if version.reused else 'registered'} {version.name} version {version.version} ({what})")
     print(f"  {config.quantize.served}: exact match {served['exact_match']:.1%}, perplexity "
           f"{served['perplexity']:.3f} (+{served['perplexity_increase']:.1%} vs fp32), "
           f"{served['decode_tokens_per_s']:.0f} tokens/s, {served['size_mb']:.2f} MB")

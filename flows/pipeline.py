@@ -9,6 +9,7 @@ from prefect.states import Failed, State
 from pydantic import BaseModel
 
 from flows.train import TrainSummary, timed, train_steps
+from registry.adapters import register_multi_lora_task
 from registry.models import (
     RegisteredVersion,
     fetch_champion_task,
@@ -23,7 +24,7 @@ from tasks.errors import ConfigError
 from tasks.evaluate.gate import GateDecision, decide_task
 from tasks.evaluate.report import publish_report_task
 from tasks.evaluate.score import EvalReport, evaluate_task
-from tasks.quantize.build import quantize_task
+from tasks.quantize.build import build_multi_lora_task, quantize_task
 from tasks.settings import get_settings
 
 
@@ -35,6 +36,7 @@ class PipelineSummary(BaseModel):
     decision: GateDecision
     registered: RegisteredVersion | None
     seconds: dict[str, float]
+    adapter_versions: list[RegisteredVersion] = []  # quantize.adapter_only: the base, then the adapter alone
 
 
 def lineage(summary: TrainSummary, champion_version: str | None) -> dict[str, str]:
@@ -73,7 +75,20 @@ def pipeline_steps(config: PipelineConfig, root: Path) -> PipelineSummary:
         registered = timed(t, "register", register_version_task, root, trained.run_id, trained.config,
                            trained.data, trained.model, artifacts, report, decision,
                            lineage(trained, champion.version if champion else None), profile)
-    return PipelineSummary(train=trained, report=report, decision=decision, registered=registered, seconds=t)
+    adapter_versions = []
+    if decision.passed and config.quantize.adapter_only:
+        adapter_versions = timed(t, "register_adapter", register_adapter_only, root, config, trained)
+    return PipelineSummary(train=trained, report=report, decision=decision, registered=registered, seconds=t,
+                           adapter_versions=adapter_versions)
+
+
+def register_adapter_only(root: Path, config: PipelineConfig, trained: TrainSummary) -> list[RegisteredVersion]:
+    """The fine-tune's adapter over its own base as a multi-LoRA folder, registered as ``<name>-base`` with the
+    adapter alone as ``<name>-lora`` (tasks in this flow)."""
+    name = f"{config.name}-lora"
+    folder = stage_dir(root, "multi-lora", trained.adapter_base, trained.adapter, config.quantize)
+    built = build_multi_lora_task(trained.adapter_base, {name: trained.adapter}, "int4", config.quantize, folder)
+    return register_multi_lora_task(root, f"{config.name}-base", Path(built.path))
 
 
 @flow(name="slm_pipeline")

@@ -30,6 +30,8 @@ class TrainSummary(BaseModel):
     run_id: str
     exact_match: dict[str, float]
     seconds: dict[str, float]
+    adapter: ModelDir | None = None  # the LoRA adapter alone (peft folder), when fine-tuning ran
+    adapter_base: ModelDir | None = None  # the model it was trained on
 
 
 def timed(timings: dict[str, float], name: str, fn, *args):
@@ -51,6 +53,7 @@ def train_steps(config: PipelineConfig, root: Path) -> TrainSummary:
     results: list[TrainResult] = []
     models = {"teacher": teacher, "student": student}
     current = student
+    adapter = adapter_base = None
     if cfg.distill.enabled:
         out = stage_dir(root, "distill", teacher, student, data, cfg.distill, cfg.runtime)
         distilled = timed(t, "distill", distill_task, teacher, student, data, cfg.distill,
@@ -59,18 +62,20 @@ def train_steps(config: PipelineConfig, root: Path) -> TrainSummary:
         current = models["distilled"] = distilled.model
     if cfg.finetune.enabled:
         out = stage_dir(root, "lora", current, data, cfg.finetune, cfg.runtime)
-        adapter = timed(t, "finetune", finetune_task, current, data, cfg.finetune, cfg.data.max_length,
-                         cfg.runtime, out)
-        results.append(adapter)
-        current = models["lora"] = timed(t, "merge", merge_task, current, adapter.model,
-                                          stage_dir(root, "merged", current, adapter.model))
+        tuned = timed(t, "finetune", finetune_task, current, data, cfg.finetune, cfg.data.max_length,
+                       cfg.runtime, out)
+        results.append(tuned)
+        adapter, adapter_base = tuned.model, current
+        current = models["lora"] = timed(t, "merge", merge_task, current, adapter,
+                                          stage_dir(root, "merged", current, adapter))
     scores = {}
     if data.test:
         for name, model in models.items():
             scores[name] = timed(t, f"exact_match_{name}", score_exact_match_task, model, data.test,
                                   cfg.runtime)
     run_id = log_training_run_task(root, cfg, data, results, scores, current, t)
-    return TrainSummary(model=current, data=data, config=cfg, run_id=run_id, exact_match=scores, seconds=t)
+    return TrainSummary(model=current, data=data, config=cfg, run_id=run_id, exact_match=scores, seconds=t,
+                        adapter=adapter, adapter_base=adapter_base)
 
 
 @flow(name="train", log_prints=True)

@@ -13,11 +13,13 @@ import shutil
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from prefect import task
 
 from registry.errors import RegistryError
 from registry.history import require_model
-from registry.models import RegisteredVersion
+from registry.models import RegisteredVersion, find_identical
 from registry.resolve import download_served, version_of
 from registry.tracking import setup_tracking
 from tasks.quantize.adapters import ADAPTER_SUFFIX, ADAPTERS_DIR, adapter_files, lora_inputs
@@ -36,13 +38,17 @@ def _ensure_model(client: MlflowClient, name: str, description: str) -> None:
 
 def register_multi_lora(root: Path, base_name: str, folder: Path) -> list[RegisteredVersion]:
     """Register a multi-LoRA folder: the base (with every adapter it holds) as a version of ``base_name``, and each
-    adapter alone as a version of the registered model named like the adapter, tagged with that base version."""
+    adapter alone as a version of the registered model named like the adapter, tagged with that base version.
+    A folder whose base and adapters are all registered already (same digests) reuses those versions."""
     folder = Path(folder)
     if not lora_inputs(folder):
         raise RegistryError(f"{folder} has no LoRA inputs: build it with `slmops multi-lora`")
     setup_tracking(root)
     client = MlflowClient()
     files = adapter_files(folder)
+    reused = _reuse(client, base_name, folder, files)
+    if reused:
+        return reused
     with mlflow.start_run(run_name=f"multi-lora {base_name}") as run:
         client.log_artifacts(run.info.run_id, str(folder), "served")
         for name, file in files.items():
@@ -58,6 +64,21 @@ def register_multi_lora(root: Path, base_name: str, folder: Path) -> list[Regist
             KIND_TAG: ADAPTER_KIND, BASE_TAG: f"{base_name}/{base.version}", "slmops.served_digest": digest_file(file)})
         registered.append(RegisteredVersion(name=name, version=str(mv.version), run_id=run_id, aliases=[]))
     return registered
+
+
+def _reuse(client: MlflowClient, base_name: str, folder: Path, files: dict[str, Path]) -> list[RegisteredVersion]:
+    """The registered versions of this very folder and its adapters, when all are registered already (a rerun)."""
+    found = []
+    for name, digest in [(base_name, digest_dir(folder)), *((n, digest_file(f)) for n, f in files.items())]:
+        try:
+            version = find_identical(client, name, digest)
+        except MlflowException:  # no such registered model yet
+            version = None
+        if version is None:
+            return []
+        found.append(RegisteredVersion(name=name, version=version, run_id=client.get_model_version(
+            name, version).run_id, aliases=[], reused=True))
+    return found
 
 
 def assemble_adapter_release(root: Path, client: MlflowClient, name: str, version: str, run_id: str,
@@ -88,3 +109,6 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+register_multi_lora_task = task(register_multi_lora, name="register-adapters")

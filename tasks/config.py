@@ -91,6 +91,9 @@ class QuantizeConfig(StageConfig):
                                  "(needs the llama-cpp-python extra).")
     served: str = Field("onnx-int4", description="Artifact that is registered and deployed: one of the ONNX "
                         "artifacts built here (onnx-int4, onnx-int8, onnx-fp32, olive-gptq-int4).")
+    adapter_only: bool = Field(False, description="When the gate passes, also register the LoRA fine-tune alone: "
+                               "an adapter-only version of '<name>-lora' beside a multi-LoRA int4 base "
+                               "'<name>-base' built from the model before fine-tuning (needs finetune.enabled).")
 
     def artifact_names(self) -> list[str]:
         """Names of the artifacts this config builds, in build order."""
@@ -177,6 +180,10 @@ class PipelineConfig(StageConfig):
     def _check(self) -> PipelineConfig:
         if not self.distill.enabled and not self.finetune.enabled:
             raise ValueError("distill.enabled and finetune.enabled are both false: nothing to train")
+        if self.quantize.adapter_only and (not self.finetune.enabled or self.finetune.qlora or len(self.name) > 59):
+            raise ValueError("quantize.adapter_only registers the LoRA fine-tune alone as '<name>-lora': it needs "
+                             "finetune.enabled, a plain LoRA (finetune.qlora: false) and a name of at most 59 "
+                             "characters")
         return self
 
 

@@ -9,6 +9,7 @@ from prefect import task
 from tasks.caching import digest_cache_key
 from tasks.config import QuantizeConfig
 from tasks.errors import QuantizeError
+from tasks.quantize.adapters import build_multi_lora
 from tasks.quantize.gguf import build_gguf
 from tasks.quantize.olive import build_olive_gptq
 from tasks.quantize.onnx import build_onnx
@@ -32,3 +33,4 @@ def quantize(model: ModelDir, cfg: QuantizeConfig, calibration: str, max_length:
 
 
 quantize_task = task(quantize, name="quantize", cache_key_fn=digest_cache_key)
+build_multi_lora_task = task(build_multi_lora, name="build-multi-lora", cache_key_fn=digest_cache_key)

@@ -56,8 +56,14 @@ def test_pipeline_registers_then_worse_candidate_fails_gate(prefect_harness, tin
     from flows.pipeline import slm_pipeline
 
     # given a first run that passes: version 1 becomes challenger and champion
-    good = slm_pipeline(load_config(_config(tiny_assets, tmp_path, "tiny-gated")))
+    good = slm_pipeline(load_config(_config(tiny_assets, tmp_path, "tiny-gated", quantize={"adapter_only": True})))
     assert good.decision.passed and good.registered.version == "1"
+    # quantize.adapter_only: the fine-tune's adapter alone beside a multi-LoRA base built from its own base
+    assert [(v.name, v.version) for v in good.adapter_versions] == [("tiny-gated-base", "1"), ("tiny-gated-lora", "1")]
+    lora = client.get_model_version("tiny-gated-lora", "1")
+    assert lora.tags["slmops.kind"] == "lora-adapter" and lora.tags["slmops.base"] == "tiny-gated-base/1"
+    assert [a.path for a in client.list_artifacts(lora.run_id, "adapter-tiny-gated-lora")] == [
+        "adapter-tiny-gated-lora/tiny-gated-lora.onnx_adapter"]
     assert aliases(client, "tiny-gated") == {"challenger": "1", "champion": "1"}
     version = client.get_model_version("tiny-gated", "1")
     assert version.tags["slmops.dataset_digest"] == good.train.data.digest
@@ -83,8 +89,12 @@ def test_pipeline_registers_then_worse_candidate_fails_gate(prefect_harness, tin
 
     # when the identical config runs again through the CLI, the same model is not registered twice, and the
     # champion it is compared with is downloaded once into the per-version cache (no temp folder left behind)
-    assert main(["run", "--config", str(_config(tiny_assets, tmp_path, "tiny-gated"))]) == 0
-    assert "version 1 already holds this exact model: reused" in capsys.readouterr().out
+    assert main(["run", "--config", str(_config(tiny_assets, tmp_path, "tiny-gated",
+                                                 quantize={"adapter_only": True}))]) == 0
+    out = capsys.readouterr().out
+    assert "version 1 already holds this exact model: reused" in out
+    assert "reused tiny-gated-lora version 1 (the LoRA adapter alone)" in out
+    assert [str(v.version) for v in client.search_model_versions("name='tiny-gated-lora'")] == ["1"]
     assert [str(v.version) for v in client.search_model_versions("name='tiny-gated'")] == ["1"]
     assert [e["version"] for e in history(client, "tiny-gated")] == ["1", "1"], "no alias moved again"
     cached = home / "cache" / "registry" / "tiny-gated" / "1"
@@ -93,7 +103,8 @@ def test_pipeline_registers_then_worse_candidate_fails_gate(prefect_harness, tin
     assert not list(home.glob("champion-*"))
 
     # when a much worse candidate (no distillation, one LoRA step) runs against that champion
-    worse = _config(tiny_assets, tmp_path, "tiny-gated", distill={"enabled": False}, finetune={"steps": 1})
+    worse = _config(tiny_assets, tmp_path, "tiny-gated", distill={"enabled": False}, finetune={"steps": 1},
+                    quantize={"adapter_only": True})
     code = main(["run", "--config", str(worse)])
     # then `slmops run` exits 3 with the reason, the flow ended GateFailed, the champion was re-scored on the same
     # data in this run, and no alias moved
@@ -106,6 +117,8 @@ def test_pipeline_registers_then_worse_candidate_fails_gate(prefect_harness, tin
     runs = client.search_runs([client.get_experiment_by_name("slmops").experiment_id],
                               "tags.`slmops.gate` = 'failed'")
     assert runs, "the failed decision is recorded on its run"
+    assert [str(v.version) for v in client.search_model_versions("name='tiny-gated-lora'")] == ["1"], \
+        "a failed gate registers no adapter either"
     champion_ppl = runs[0].data.metrics["champion/perplexity"]
     assert champion_ppl == pytest.approx(good.report.metrics("onnx-int4")["perplexity"], rel=1e-6)
     assert runs[0].data.metrics["onnx-int4/perplexity"] > champion_ppl

@@ -58,6 +58,8 @@ def test_demo_config_loads_and_overrides_apply(config_file: Path) -> None:
          "servable: ['onnx-int4']"),
         (["quantize.served=gguf-Q4_0", "quantize.gguf=[Q4_0]"], "served 'gguf-Q4_0' is not an ONNX artifact"),
         (["quantize.onnx=[]"], "built and servable: none (quantize.onnx is empty)"),
+        (["quantize.adapter_only=true", "finetune.enabled=false"],
+         "quantize.adapter_only registers the LoRA fine-tune alone as '<name>-lora': it needs finetune.enabled"),
     ],
 )
 def test_invalid_config_names_the_key(config_file: Path, overrides: list[str], expected: str) -> None:
