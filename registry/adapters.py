@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 
 import mlflow
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import task
 
@@ -70,10 +69,7 @@ def _reuse(client: MlflowClient, base_name: str, folder: Path, files: dict[str, 
     """The registered versions of this very folder and its adapters, when all are registered already (a rerun)."""
     found = []
     for name, digest in [(base_name, digest_dir(folder)), *((n, digest_file(f)) for n, f in files.items())]:
-        try:
-            version = find_identical(client, name, digest)
-        except MlflowException:  # no such registered model yet
-            version = None
+        version = find_identical(client, name, digest)
         if version is None:
             return []
         found.append(RegisteredVersion(name=name, version=version, run_id=client.get_model_version(
@@ -93,12 +89,14 @@ def assemble_adapter_release(root: Path, client: MlflowClient, name: str, versio
     staging = dest / ".assembling"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(base_dir, staging, copy_function=_link_or_copy)
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"adapter-{name}", dst_path=str(dest))
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"adapter-{name}",
+                                                dst_path=str(staging / ".download"))
     files = list(Path(local).glob(f"*{ADAPTER_SUFFIX}"))
     if len(files) != 1:
         raise RegistryError(f"{name}/{version}: expected one {ADAPTER_SUFFIX} file in its artifacts, found {files}")
     (staging / ADAPTERS_DIR).mkdir(exist_ok=True)
-    shutil.copy2(files[0], staging / ADAPTERS_DIR / f"{name}{ADAPTER_SUFFIX}")
+    files[0].replace(staging / ADAPTERS_DIR / f"{name}{ADAPTER_SUFFIX}")
+    shutil.rmtree(staging / ".download")
     shutil.rmtree(served, ignore_errors=True)
     staging.replace(served)
     return served

@@ -25,7 +25,7 @@ import numpy as np
 
 from tasks.config import OnnxPrecision, QuantizeConfig
 from tasks.errors import QuantizeError
-from tasks.quantize.onnx import build_onnx, onnx_artifact
+from tasks.quantize.onnx import build_onnx, onnx_artifact, quantized_matmuls
 from tasks.records import Artifact, ModelDir
 
 ADAPTERS_DIR = "adapters"
@@ -76,7 +76,7 @@ def _build_with_adapter(base: ModelDir, adapter: ModelDir, precision: OnnxPrecis
     built = out.parent / f"{out.name}.with-adapter"
     shutil.rmtree(built, ignore_errors=True)
     build_onnx(base, precision, cfg, built, with_adapter_options(base, adapter))
-    quantized_branch = [n for n in _matmul_nbits(built) if "/lora_A/" in n or "/lora_B/" in n]
+    quantized_branch = [m["name"] for m in quantized_matmuls(built) if "/lora_" in m["name"]]
     if quantized_branch:
         raise QuantizeError(f"the builder quantized the LoRA branch ({quantized_branch[:3]}…); multi-LoRA needs "
                             "it in float")
@@ -100,13 +100,6 @@ def _extract(built: Path, out: Path) -> None:
     for file in built.iterdir():  # the onnxruntime-genai files (config, tokenizer, chat template)
         if file.is_file() and not file.name.startswith("model.onnx"):
             shutil.copy2(file, out / file.name)
-
-
-def _matmul_nbits(folder: Path) -> list[str]:
-    import onnx
-
-    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
-    return [n.name for n in model.graph.node if n.op_type == "MatMulNBits"]
 
 
 def build_multi_lora(base: ModelDir, adapters: dict[str, ModelDir], precision: OnnxPrecision,
