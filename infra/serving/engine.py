@@ -1,34 +1,52 @@
-"""Generation engine: one onnxruntime-genai model shared by concurrent requests through request batching.
+"""Generation engine: one model shared by concurrent requests through batching.
 
-Requests wait in a bounded queue. A worker thread takes the waiting requests (the first waits up to
+Requests wait in a bounded queue for a worker thread, which runs one of two schedulers (``scheduler``):
+
+- ``continuous`` (the default where the model allows it): the folder's decoder is run directly with onnxruntime,
+  each row in its own KV-cache slot (``SlotBatch``). Between decoding steps the worker prefills every waiting
+  request into a free slot and emits its first token, so a new request never waits for running ones to end;
+  finished rows leave at once. Each LoRA adapter has its own slots, decoded in turn with the others.
+- ``batches``: onnxruntime-genai static batches. The worker takes the waiting requests (the first waits up to
 ``batch_window_ms`` for company when nothing is running), splits them into batches that share sampling settings
 and fit the context window (``plan_batches``) and prefills each as one static batch (``ActiveBatch``). Running
 batches are decoded in turn, one token per batch per round, and new batches are admitted between rounds (up to
 ``max_running_batches``), so a request that arrives while a long batch runs starts at once instead of waiting
-for it to end. The engine knows nothing of HTTP: the serving app talks to it through ``GenerationEngine``
+for it to end. Used for decoders the slot scheduler cannot drive (no GroupQueryAttention).
+
+The engine knows nothing of HTTP: the serving app talks to it through ``GenerationEngine``
 (submit, events, cancel).
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from infra.serving.batch import ActiveBatch, BatchRun, TokenText, plan_batches
+from infra.serving.continuous import SlotBatch
 from infra.serving.protocol import EngineStats, Failed, GenerationRequest, QueueFullError
-from tasks.decoding import OgModel
+from infra.serving.slots import SlotDecoder, SlotsUnsupported
+from tasks.decoding import GenaiFolder, OgModel, available_cores
+
+log = logging.getLogger(__name__)
 
 
 class EngineConfig(BaseModel, extra="forbid"):
     """Batching and queueing of the generation engine."""
 
-    max_batch_size: int = Field(8, gt=0, description="Requests decoded together in one batch at most.")
+    scheduler: Literal["auto", "continuous", "batches"] = Field(
+        "auto", description="continuous: requests join the running batch between decoding steps (onnxruntime run "
+        "directly, a KV-cache slot per row); batches: onnxruntime-genai static batches decoded in turn; auto: "
+        "continuous where the model's decoder allows it.")
+    max_batch_size: int = Field(8, gt=0, description="Requests decoded together in one batch at most (continuous: "
+                                "rows per adapter).")
     max_queue: int = Field(64, gt=0, description="Requests waiting for the engine before new ones get 503.")
     batch_window_ms: float = Field(5.0, ge=0, description="How long the first waiting request waits for company.")
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 uses every available core.")
@@ -57,17 +75,34 @@ class Engine:
     def __init__(self, model_dir: str | Path, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
         self.model_dir = Path(model_dir)
-        self.og_model = OgModel(self.model_dir, self.config.threads)
-        self.context_length = self.og_model.context_length
-        self.adapters = list(self.og_model.adapter_files)
+        self.folder = GenaiFolder.read(self.model_dir)
+        self.context_length = self.folder.context_length
+        self.adapters = list(self.folder.adapter_files)
+        self.decoder = self._slot_decoder()
+        self.og_model = None if self.decoder else OgModel(self.model_dir, self.config.threads)
+        self.scheduler = "continuous" if self.decoder else "batches"
         self.tokenizer = load_tokenizer(self.model_dir)
         self.stats = EngineStats()
         self.on_batch: Callable[[int], None] | None = None
-        self._runner = BatchRun(self.og_model, self.tokenizer, TokenText(self.tokenizer), self.stats)
+        self._runner = BatchRun(self.og_model or self.folder, self.tokenizer, TokenText(self.tokenizer), self.stats)
         self._queue: queue.Queue[GenerationRequest] = queue.Queue(maxsize=self.config.max_queue)
+        self._backlog: list[GenerationRequest] = []  # taken from the queue, waiting for a free slot
         self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._loop, name="slmops-engine", daemon=True)
+        loop = self._loop_slots if self.decoder else self._loop
+        self._worker = threading.Thread(target=loop, name="slmops-engine", daemon=True)
         self._worker.start()
+
+    def _slot_decoder(self) -> SlotDecoder | None:
+        """The slot decoder for the continuous scheduler, or None for onnxruntime-genai batches."""
+        if self.config.scheduler == "batches":
+            return None
+        try:
+            return SlotDecoder(self.model_dir, self.config.threads or available_cores(), self.folder.adapter_files)
+        except SlotsUnsupported as exc:
+            if self.config.scheduler == "continuous":
+                raise ValueError(f"scheduler 'continuous' cannot serve {self.model_dir}: {exc}") from exc
+            log.info("continuous batching unavailable (%s): using onnxruntime-genai batches", exc)
+            return None
 
     def submit(self, request: GenerationRequest) -> None:
         """Queue a request, or raise QueueFullError when the queue is at capacity."""
@@ -81,8 +116,8 @@ class Engine:
         request.cancelled = True
 
     def queue_depth(self) -> int:
-        """Requests waiting for a batch."""
-        return self._queue.qsize()
+        """Requests waiting for a batch (or a free slot)."""
+        return self._queue.qsize() + len(self._backlog)
 
     def close(self) -> None:
         """Stop the worker after the batch in progress."""
@@ -103,6 +138,43 @@ class Engine:
                 if finished:
                     running.remove(batch)
 
+    def _loop_slots(self) -> None:
+        batches: dict[str | None, SlotBatch] = {}  # one per LoRA adapter (None: the base) with rows running
+        while not self._stop.is_set():
+            busy = bool(self._backlog or batches)
+            self._backlog += self._gather(wait=not busy, window=False)
+            self._admit_slots(batches)
+            for adapter, batch in list(batches.items()):
+                try:
+                    if self.on_batch:
+                        self.on_batch(len(batch.live))
+                    batch.step()
+                except Exception as exc:  # a failed step must answer its callers, not kill the worker
+                    self._fail(batch.abandon(), exc)
+                if not batch.live:
+                    del batches[adapter]  # frees its cache
+
+    def _admit_slots(self, batches: dict[str | None, SlotBatch]) -> None:
+        """Prefill waiting requests, in arrival order, into free slots of their adapter's batch."""
+        waiting, self._backlog = self._backlog, []
+        for request in waiting:
+            if request.cancelled:
+                self.stats.cancelled += 1
+                continue
+            batch = batches.get(request.adapter)
+            if batch is None:
+                batch = batches[request.adapter] = SlotBatch(self._runner, self.decoder, self.config.max_batch_size,
+                                                             request.adapter)
+            if not batch.free:
+                self._backlog.append(request)
+                continue
+            try:
+                batch.admit(request)
+            except Exception as exc:  # its prefill failed: the running rows are untouched
+                self._fail([request], exc)
+            if not batch.live:
+                del batches[request.adapter]
+
     def _admit(self, waiting: list[GenerationRequest], running: list[ActiveBatch]) -> None:
         live = [r for r in waiting if not r.cancelled]
         self.stats.cancelled += len(waiting) - len(live)
@@ -119,14 +191,14 @@ class Engine:
         for request in requests:
             request.emit(Failed(f"generation failed: {exc}"))
 
-    def _gather(self, wait: bool) -> list[GenerationRequest]:
-        """Waiting requests: with ``wait`` (nothing running) block for the first one and give it company for up to
-        ``batch_window_ms``; without, take only what is already queued."""
+    def _gather(self, wait: bool, window: bool = True) -> list[GenerationRequest]:
+        """Waiting requests: with ``wait`` (nothing running) block for the first one and, with ``window``, give it
+        company for up to ``batch_window_ms``; without, take only what is already queued."""
         try:
             batch = [self._queue.get(timeout=0.2) if wait else self._queue.get_nowait()]
         except queue.Empty:
             return []
-        deadline = time.perf_counter() + (self.config.batch_window_ms / 1000 if wait else 0)
+        deadline = time.perf_counter() + (self.config.batch_window_ms / 1000 if wait and window else 0)
         while len(batch) < self.config.max_batch_size:
             try:
                 remaining = deadline - time.perf_counter()

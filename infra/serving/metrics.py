@@ -24,7 +24,7 @@ class Metrics:
         self.latency = Histogram("slmops_request_latency_seconds", "Request latency by route template",
                                  ["endpoint"], registry=self.registry)
         self.ttft = Histogram("slmops_time_to_first_token_seconds", "Time to first token", registry=self.registry)
-        self.batch_size = Histogram("slmops_batch_size", "Requests per engine batch",
+        self.batch_size = Histogram("slmops_batch_size", "Rows per decoding step (continuous) or per static batch",
                                     buckets=(1, 2, 4, 8, 16, 32), registry=self.registry)
         self.queue_depth = Gauge("slmops_queue_depth", "Requests waiting for the engine", registry=self.registry)
 

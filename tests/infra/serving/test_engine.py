@@ -1,4 +1,4 @@
-"""The engine in-process: batch planning, padding, per-row budgets, logprobs and cancellation."""
+"""The engine in-process, under both schedulers: batch planning, padding, per-row budgets, logprobs, cancellation."""
 
 from __future__ import annotations
 
@@ -68,10 +68,15 @@ def odd_pad_model(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return folder
 
 
-def test_a_row_answers_alike_alone_and_in_a_batch(odd_pad_model: Path) -> None:
+SCHEDULERS = pytest.mark.parametrize("scheduler", ["continuous", "batches"])
+
+
+@SCHEDULERS
+def test_a_row_answers_alike_alone_and_in_a_batch(odd_pad_model: Path, scheduler: str) -> None:
     # given a model whose tokenizer's pad token (2) is not the model's pad_token_id (0), and prompts of 3 lengths
-    engine = Engine(odd_pad_model, EngineConfig(batch_window_ms=500))
-    assert engine.tokenizer.pad_token_id != engine.og_model.pad_id == 0
+    engine = Engine(odd_pad_model, EngineConfig(batch_window_ms=500, scheduler=scheduler))
+    assert engine.scheduler == scheduler
+    assert engine.tokenizer.pad_token_id != engine.folder.pad_id == 0
     prompts = [prompt(engine, text) for text in ("Upper: x", "Reverse: a b c d e f g h i j", "Reverse: a b c d e")]
     assert len({len(p) for p in prompts}) == 3
 
@@ -84,14 +89,15 @@ def test_a_row_answers_alike_alone_and_in_a_batch(odd_pad_model: Path) -> None:
     engine.on_batch = sizes.append
     together = [events[-1] for events in run(engine, [request(p) for p in prompts])]
     engine.close()
-    # then padding changed nothing: same tokens, same text
-    assert sizes == [3]
+    # then padding (or rows of different lengths sharing steps) changed nothing: same tokens, same text
+    assert sizes == [3] if scheduler == "batches" else max(sizes) == 3
     assert [d.text for d in together] == [d.text for d in alone]
     assert all(isinstance(d, Done) and d.completion_tokens == 10 for d in together)
 
 
-def test_rows_stop_at_their_own_budget_and_a_cancelled_row_stops(random_onnx: Path) -> None:
-    engine = Engine(random_onnx, EngineConfig(batch_window_ms=500))
+@SCHEDULERS
+def test_rows_stop_at_their_own_budget_and_a_cancelled_row_stops(random_onnx: Path, scheduler: str) -> None:
+    engine = Engine(random_onnx, EngineConfig(batch_window_ms=500, scheduler=scheduler))
     ids = prompt(engine, "a b c")
     budgets = [3, 40, 40]
     requests = [GenerationRequest(ids, n) for n in budgets]
@@ -107,10 +113,11 @@ def test_rows_stop_at_their_own_budget_and_a_cancelled_row_stops(random_onnx: Pa
     assert engine.stats.tokens < 3 + 40 + 40, "the cancelled row stopped decoding"
 
 
-def test_logprobs_are_the_models_log_softmax(random_onnx: Path) -> None:
+@SCHEDULERS
+def test_logprobs_are_the_models_log_softmax(random_onnx: Path, scheduler: str) -> None:
     import onnxruntime_genai as og
 
-    engine = Engine(random_onnx)
+    engine = Engine(random_onnx, EngineConfig(scheduler=scheduler))
     ids = prompt(engine, "Reverse: a b c")
     events = run(engine, [GenerationRequest(ids, 6, top_logprobs=3),
                           GenerationRequest(ids, 6, Sampling(min_tokens=6), top_logprobs=20)])
@@ -135,16 +142,20 @@ def test_logprobs_are_the_models_log_softmax(random_onnx: Path) -> None:
     held = [t for e in events[1] if isinstance(e, Delta) for t in e.logprobs]
     assert [t.token_id for t in held] == [t.token_id for t in tokens]
     for i, token in enumerate(held):
-        row = np.delete(logits[len(ids) - 1 + i], sorted(engine.og_model.eos_ids))
-        token_index = token.token_id - sum(e < token.token_id for e in engine.og_model.eos_ids)
+        row = np.delete(logits[len(ids) - 1 + i], sorted(engine.folder.eos_ids))
+        token_index = token.token_id - sum(e < token.token_id for e in engine.folder.eos_ids)
         assert token.logprob == pytest.approx(row[token_index] - row.max() - np.log(np.exp(row - row.max()).sum()),
                                               abs=1e-4)
-        assert not {a.token_id for a in token.top} & engine.og_model.eos_ids
+        assert not {a.token_id for a in token.top} & engine.folder.eos_ids
 
 
-def test_a_request_arriving_mid_batch_finishes_before_the_running_batch_ends(random_onnx: Path) -> None:
+@SCHEDULERS
+def test_a_request_arriving_mid_batch_finishes_before_the_running_batch_ends(random_onnx: Path, scheduler: str
+                                                                            ) -> None:
     # given a long request (120 tokens) already decoding
-    engine = Engine(random_onnx, EngineConfig(batch_window_ms=0))
+    engine = Engine(random_onnx, EngineConfig(batch_window_ms=0, scheduler=scheduler))
+    sizes: list[int] = []
+    engine.on_batch = sizes.append
     ids = prompt(engine, "a b c")
     long_done, short_done, order = threading.Event(), threading.Event(), []
     long_deltas: list[int] = []
@@ -166,16 +177,22 @@ def test_a_request_arriving_mid_batch_finishes_before_the_running_batch_ends(ran
     engine.submit(GenerationRequest(ids, 120, Sampling(min_tokens=120), emit=on_long))
     assert long_done.wait(120) and short_done.wait(120)
     engine.close()
-    # then the short one started at once in its own batch and ended long before the long one (it did not wait)
+    # then the short one started at once and ended long before the long one (it did not wait): batches runs it
+    # in a batch of its own beside the long one, continuous adds it to the long one's batch (steps of two rows)
     assert order[0][0] == "short" and order[0][1] < 30, order
-    assert engine.stats.batches == 2 and engine.stats.active == 0
+    assert engine.stats.active == 0
+    if scheduler == "batches":
+        assert engine.stats.batches == 2 and set(sizes) == {1}
+    else:
+        assert engine.stats.batches == 1 and sizes.count(2) >= 4 and max(sizes) == 2
 
 
 def test_interleaved_batches_give_the_same_greedy_answers_as_one_batch_at_a_time(random_onnx: Path) -> None:
     prompts = ["a b c", "Reverse: x y", "Uppercase: q"]
     answers = {}
     for running in (1, 4):
-        engine = Engine(random_onnx, EngineConfig(batch_window_ms=0, max_batch_size=1, max_running_batches=running))
+        engine = Engine(random_onnx, EngineConfig(batch_window_ms=0, max_batch_size=1, max_running_batches=running,
+                                                  scheduler="batches"))
         requests = [GenerationRequest(prompt(engine, p), 12 + 4 * i) for i, p in enumerate(prompts)]
         answers[running] = [(e[-1].text, e[-1].completion_tokens) for e in run(engine, requests)]
         engine.close()

@@ -63,8 +63,8 @@ def test_16_clients_mixing_full_windows_never_fail(random_onnx: Path, tmp_path: 
         assert usage["prompt_tokens"] + usage["completion_tokens"] <= 128
         if choice["finish_reason"] == "length":
             assert usage["completion_tokens"] == min(body["max_tokens"], 128 - usage["prompt_tokens"])
-    # requests shared batches (how many depends on timing; that some did, on the 20 ms window after a barrier)
-    assert metric(metrics, "slmops_batch_size_count") < len(results) == metric(metrics, "slmops_batch_size_sum")
+    # requests shared decoding steps (how many depends on timing): more than one row per step on average
+    assert metric(metrics, "slmops_batch_size_sum") > 1.5 * metric(metrics, "slmops_batch_size_count")
 
 
 def test_queue_full_answers_503_with_retry_after(slow_onnx: Path, tmp_path: Path) -> None:

@@ -1,0 +1,179 @@
+"""An onnxruntime-genai folder's decoder run directly with onnxruntime, each row in its own KV-cache slot.
+
+onnxruntime-genai's generator fixes its rows when it starts, so a new request cannot join a running batch. The
+decoder it runs can: its GroupQueryAttention reads each row's length from the attention mask, so rows of
+different lengths decode together. ``SlotDecoder`` keeps one preallocated cache per layer, ``[slots, kv heads,
+context length, head size]``, whose first ``n`` slots are the live rows. Each decoding step binds those slots as
+both past and present (onnxruntime's shared-buffer path writes the new key and value in place). A new row is
+prefilled alone and copied into the next free slot; a row that leaves is replaced by the last one. So rows join and
+leave between steps, and one step costs what a static batch of the same rows costs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+              "tensor(int32)": np.int32}
+
+
+class SlotsUnsupported(Exception):
+    """The folder's decoder cannot be driven row by row (the engine then uses onnxruntime-genai's batches)."""
+
+
+@dataclass(frozen=True)
+class DecoderLayout:
+    """What ``genai_config.json`` says about the decoder: its file, input/output names and cache shape."""
+
+    file: Path
+    layers: int
+    kv_heads: int
+    head_size: int
+    context_length: int
+    names: dict[str, str]
+
+    @classmethod
+    def read(cls, folder: Path) -> DecoderLayout:
+        """The layout of ``folder``'s decoder."""
+        model = json.loads((folder / "genai_config.json").read_text())["model"]
+        decoder = model["decoder"]
+        names = {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                 "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value",
+                 "logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"}
+        names |= decoder.get("inputs", {}) | decoder.get("outputs", {})
+        return cls(folder / decoder["filename"], int(decoder["num_hidden_layers"]), int(decoder["num_key_value_heads"]),
+                   int(decoder["head_size"]), int(model["context_length"]), names)
+
+    def past(self, layer: int) -> tuple[str, str]:
+        """Input names of ``layer``'s past key and value."""
+        return self.names["past_key_names"] % layer, self.names["past_value_names"] % layer
+
+    def present(self, layer: int) -> tuple[str, str]:
+        """Output names of ``layer``'s present key and value."""
+        return self.names["present_key_names"] % layer, self.names["present_value_names"] % layer
+
+
+def check_slots(layout: DecoderLayout) -> None:
+    """Raise SlotsUnsupported unless the decoder needs only ids, a mask and per-layer caches (optionally position
+    ids; LoRA inputs with defaults are fine) and attends with GroupQueryAttention, whose per-row lengths let rows
+    of different lengths share a step. Reads the graph only, not its weights."""
+    import onnx
+
+    graph = onnx.load(str(layout.file), load_external_data=False).graph
+    if not any(node.op_type == "GroupQueryAttention" for node in graph.node):
+        raise SlotsUnsupported(f"{layout.file.name} has no GroupQueryAttention")
+    expected = {layout.names["input_ids"], layout.names["attention_mask"], layout.names["position_ids"],
+                *(name for layer in range(layout.layers) for name in layout.past(layer))}
+    defaults = {i.name for i in graph.initializer}
+    unknown = sorted({i.name for i in graph.input} - expected - defaults)
+    if unknown:
+        raise SlotsUnsupported(f"{layout.file.name} has inputs the slot decoder does not feed: {unknown}")
+    if layout.names["logits"] not in {o.name for o in graph.output}:
+        raise SlotsUnsupported(f"{layout.file.name} has no output {layout.names['logits']!r}")
+
+
+class SlotCache:
+    """One KV cache per layer with ``slots`` rows of the whole context window; ``lengths[i]`` tokens are in slot i.
+
+    ``np.zeros`` maps untouched pages lazily, so memory grows with the tokens really cached, not with the window.
+    """
+
+    def __init__(self, layout: DecoderLayout, slots: int, dtype: Any):
+        shape = (slots, layout.kv_heads, layout.context_length, layout.head_size)
+        self.keys = [np.zeros(shape, dtype) for _ in range(layout.layers)]
+        self.values = [np.zeros(shape, dtype) for _ in range(layout.layers)]
+        self.lengths = np.zeros(slots, np.int64)
+        self.slots = slots
+
+    def put(self, slot: int, presents: list[np.ndarray]) -> None:
+        """Store a prefilled row's present keys and values (``[1, kv heads, length, head size]`` each)."""
+        length = presents[0].shape[2]
+        for layer, (key, value) in enumerate(zip(presents[0::2], presents[1::2], strict=True)):
+            self.keys[layer][slot, :, :length] = key[0]
+            self.values[layer][slot, :, :length] = value[0]
+        self.lengths[slot] = length
+
+    def move(self, source: int, target: int) -> None:
+        """Copy slot ``source``'s cached tokens into slot ``target`` (a leaving row's place)."""
+        length = int(self.lengths[source])
+        for cache in (*self.keys, *self.values):
+            cache[target, :, :length] = cache[source, :, :length]
+        self.lengths[target] = length
+
+
+class SlotDecoder:
+    """The decoder session; ``prefill`` one prompt, ``decode`` one token for the first ``n`` slots of a cache.
+
+    ``adapters``: LoRA adapter files (a multi-LoRA build) by name; a run activates one of them or none.
+    """
+
+    def __init__(self, folder: Path, threads: int, adapters: dict[str, Path] | None = None):
+        import onnxruntime as ort
+
+        self.ort, self.layout = ort, DecoderLayout.read(folder)
+        check_slots(self.layout)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.layout.file), options, providers=["CPUExecutionProvider"])
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        self.id_type = ONNX_TYPES[types[self.layout.names["input_ids"]]]
+        self.mask_type = ONNX_TYPES[types[self.layout.names["attention_mask"]]]
+        self.cache_type = ONNX_TYPES[types[self.layout.past(0)[0]]]
+        self.positions = self.layout.names["position_ids"] in types
+        # each adapter's weights, fed as the inputs they override (onnxruntime 1.31 applies an adapter activated
+        # through RunOptions only in part when the run uses an IOBinding: its logits differ from a plain run's)
+        self.lora_inputs: dict[str | None, dict[str, Any]] = {None: {}}
+        for name, file in (adapters or {}).items():
+            self.lora_inputs[name] = ort.AdapterFormat.read_adapter(str(file)).get_parameters()
+
+    def cache(self, slots: int) -> SlotCache:
+        """An empty cache of ``slots`` rows for this decoder."""
+        return SlotCache(self.layout, slots, self.cache_type)
+
+    def prefill(self, cache: SlotCache, slot: int, prompt: list[int], adapter: str | None = None) -> np.ndarray:
+        """Run ``prompt`` alone, store its keys and values in ``slot``; the logits of every prompt position."""
+        names, n = self.layout.names, len(prompt)
+        feeds = {names["input_ids"]: np.asarray([prompt], self.id_type),
+                 names["attention_mask"]: np.ones((1, n), self.mask_type)}
+        if self.positions:
+            feeds[names["position_ids"]] = np.arange(n, dtype=self.id_type)[None]
+        empty = np.zeros((1, self.layout.kv_heads, 0, self.layout.head_size), self.cache_type)
+        outputs = [names["logits"]]
+        for layer in range(self.layout.layers):
+            feeds |= dict.fromkeys(self.layout.past(layer), empty)
+            outputs += self.layout.present(layer)
+        logits, *presents = self.session.run(outputs, feeds | self.lora_inputs[adapter])
+        cache.put(slot, presents)
+        return logits[0]
+
+    def decode(self, cache: SlotCache, tokens: np.ndarray, adapter: str | None = None) -> np.ndarray:
+        """Append ``tokens[i]`` to slot ``i`` for the first ``len(tokens)`` slots; the next-token logits of each."""
+        names, layout, n = self.layout.names, self.layout, len(tokens)
+        lengths = cache.lengths[:n]
+        width = int(lengths.max()) + 1
+        mask = (np.arange(width)[None] <= lengths[:, None]).astype(self.mask_type)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(names["input_ids"], np.asarray(tokens, self.id_type)[:, None])
+        binding.bind_cpu_input(names["attention_mask"], mask)
+        if self.positions:
+            binding.bind_cpu_input(names["position_ids"], lengths.astype(self.id_type)[:, None])
+        for name, value in self.lora_inputs[adapter].items():
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output(names["logits"], "cpu")  # first: get_outputs() follows the binding order
+        shape = [n, layout.kv_heads, layout.context_length, layout.head_size]
+        for layer in range(layout.layers):
+            for name, out, buffer in zip(layout.past(layer), layout.present(layer),
+                                         (cache.keys[layer], cache.values[layer]), strict=True):
+                # the same memory as past and present: GroupQueryAttention writes the new token in place
+                binding.bind_input(name, "cpu", 0, self.cache_type, shape, buffer.ctypes.data)
+                binding.bind_output(out, "cpu", 0, self.cache_type, shape, buffer.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        logits = binding.get_outputs()[0].numpy()
+        cache.lengths[:n] += 1
+        return logits[:, -1]

@@ -1,0 +1,123 @@
+"""Continuous batching: rows joining and leaving a running batch answer as onnxruntime-genai answers them alone."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infra.serving.continuous import pick
+from infra.serving.engine import Engine, EngineConfig
+from infra.serving.protocol import Delta, Done, Event, GenerationRequest, Sampling
+from infra.serving.slots import DecoderLayout, SlotsUnsupported, check_slots
+from tasks.data.chat import render_ids
+from tasks.decoding import OgModel, decode_batch
+
+QUESTIONS = ["a b c", "Reverse: x y z w", "Uppercase: q", "Sort the letters: d c b a e", "Add 2 and 3", "Hi",
+             "Reverse: m n o p q r s t"]
+BUDGETS = [30, 7, 18, 12, 25, 9, 16]
+
+
+def staggered(engine: Engine, requests: list[GenerationRequest], join_after: int = 3) -> list[list[Event]]:
+    """Submit ``requests[0]``, then each next one once the previous one has decoded ``join_after`` tokens (from the
+    engine's own thread, so it arrives mid-batch); the events of each."""
+    events: list[list[Event]] = [[] for _ in requests]
+    finished = [threading.Event() for _ in requests]
+    counts, sent = [0] * len(requests), {0}
+    for i, request in enumerate(requests):
+        def emit(event: Event, i: int = i) -> None:
+            events[i].append(event)
+            if isinstance(event, Delta):
+                counts[i] += len(event.logprobs)
+            ready = counts[i] >= join_after or not isinstance(event, Delta)
+            if ready and i + 1 < len(requests) and i + 1 not in sent:
+                sent.add(i + 1)
+                engine.submit(requests[i + 1])
+            if not isinstance(event, Delta):
+                finished[i].set()
+        request.emit = emit
+    engine.submit(requests[0])
+    for flag in finished:
+        assert flag.wait(120), "a request never finished"
+    return events
+
+
+def tokens(events: list[Event]) -> list[int]:
+    """The answer's token ids, from its logprobs."""
+    return [t.token_id for e in events if isinstance(e, Delta) for t in e.logprobs]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_onnx", "slow_onnx"])
+def test_rows_joining_and_leaving_a_running_batch_answer_as_onnxruntime_genai_alone(fixture: str,
+                                                                                   request: pytest.FixtureRequest
+                                                                                   ) -> None:
+    # given 7 greedy requests of different lengths, each arriving while the ones before it decode, 3 slots at most
+    folder = request.getfixturevalue(fixture)
+    engine = Engine(folder, EngineConfig(scheduler="continuous", max_batch_size=3))
+    sizes: list[int] = []
+    engine.on_batch = sizes.append
+    prompts = [render_ids(engine.tokenizer, [{"role": "user", "content": q}], True) for q in QUESTIONS]
+    requests = [GenerationRequest(p, n, top_logprobs=0) for p, n in zip(prompts, BUDGETS, strict=True)]
+    events = staggered(engine, requests)
+    engine.close()
+    # when onnxruntime-genai answers each alone
+    model = OgModel(folder, threads=2)
+    alone = [decode_batch(model, [p], [n])[0] for p, n in zip(prompts, BUDGETS, strict=True)]
+    # then every row got the same tokens and finish reason, though rows joined, waited for a slot and left midway
+    assert [tokens(e) for e in events] == [row.tokens for row in alone]
+    assert [e[-1].finish_reason for e in events] == [row.finish_reason for row in alone]
+    assert all(isinstance(e[-1], Done) for e in events)
+    assert max(sizes) == 3 and {1, 2, 3} <= set(sizes), sizes
+    assert engine.stats.active == 0 and engine.queue_depth() == 0
+
+
+def test_seeded_sampling_repeats_in_any_company_and_a_tiny_top_p_is_greedy(random_onnx: Path) -> None:
+    engine = Engine(random_onnx, EngineConfig(scheduler="continuous"))
+    ids = render_ids(engine.tokenizer, [{"role": "user", "content": "Reverse: a b c"}], True)
+
+    def answers(*samplings: Sampling) -> list[list[int]]:
+        return [tokens(e) for e in staggered(engine, [GenerationRequest(ids, 20, s, top_logprobs=0)
+                                                      for s in samplings], join_after=2)]
+
+    seeded = Sampling(temperature=1.0, seed=7, min_tokens=20)
+    alone = answers(seeded)[0]
+    crowded = answers(Sampling(temperature=1.0, seed=8, min_tokens=20), seeded, Sampling(min_tokens=20))
+    greedy = answers(Sampling(min_tokens=20), Sampling(temperature=1.0, top_p=1e-9, seed=1, min_tokens=20))
+    negative = answers(*[Sampling(temperature=1.0, seed=-3, min_tokens=20)] * 2)
+    engine.close()
+    assert len(negative[0]) == 20 and negative[1] == negative[0], "any int64 seed is a seed"
+    assert crowded[1] == alone, "the same seed draws the same answer whatever rows share its steps"
+    assert crowded[0] != alone, "another seed draws another answer"
+    assert greedy[1] == greedy[0] and crowded[2] == greedy[0]
+
+
+def test_pick_never_draws_a_banned_token_and_keeps_to_the_top_p_mass() -> None:
+    rng = np.random.default_rng(0)
+    scores = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
+    assert pick(scores, Sampling(), rng) == 0
+    assert pick(scores, Sampling(), rng, banned={0}) == 1
+    drawn = {pick(scores, Sampling(temperature=1.0, top_p=0.75), rng) for _ in range(300)}
+    assert drawn == {0, 1}, "0.5 + 0.3 covers 0.75: only the first two can be drawn"
+    drawn = {pick(scores, Sampling(temperature=1.0), rng, banned={1}) for _ in range(300)}
+    assert drawn == {0, 2, 3}
+
+
+def test_a_decoder_without_group_query_attention_is_refused_by_name(random_onnx: Path, tmp_path: Path) -> None:
+    import onnx
+
+    # given the model with its attention renamed to an op the slot decoder cannot drive row by row
+    folder = tmp_path / "model"
+    shutil.copytree(random_onnx, folder)
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    for node in model.graph.node:
+        if node.op_type == "GroupQueryAttention":
+            node.op_type = "MultiHeadAttention"
+    onnx.save(model, str(folder / "model.onnx"))
+    with pytest.raises(SlotsUnsupported, match="no GroupQueryAttention"):
+        check_slots(DecoderLayout.read(folder))
+    # then asking for the continuous scheduler fails with the reason, before any request
+    with pytest.raises(ValueError, match="scheduler 'continuous' cannot serve .*no GroupQueryAttention"):
+        Engine(folder, EngineConfig(scheduler="continuous"))
