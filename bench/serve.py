@@ -7,7 +7,8 @@ uses the same ``--threads`` (server ``--threads``, onnxruntime-genai intra-op th
 ``n_threads_batch``, ``torch.set_num_threads``).
 
     python bench/serve.py [--new-tokens 64] [--repeats 3] [--requests 4] [--probes 20] [--max-batch-size 16]
-                          [--threads N (default: available cores)] [--out .slmops/bench]
+                          [--scheduler continuous|batches] [--threads N (default: available cores)]
+                          [--out .slmops/bench]
 
 Tables printed:
 
@@ -198,6 +199,7 @@ def measure_server(onnx: Path, args: argparse.Namespace) -> tuple[PathSpeed, lis
     port = process.free_port()
     log = args.out / "serve-bench.log"
     running = ["--max-running-batches", str(args.max_running_batches)] if args.max_running_batches else []
+    running += ["--scheduler", args.scheduler] if args.scheduler else []
     pid = process.start(["-m", "infra.serving", str(onnx), "--name", "bench", "--port", str(port),
                          "--max-batch-size", str(args.max_batch_size), "--max-queue", "256",
                          "--threads", str(args.threads), *running], log)
@@ -287,7 +289,8 @@ def print_single_stream(rows: list[PathSpeed], args: argparse.Namespace) -> None
 
 def print_loads(loads: list[LoadResult], unloaded: list[float], args: argparse.Namespace) -> None:
     """Table 2: aggregate throughput and probe TTFT percentiles per load, then the unloaded TTFT."""
-    print(f"\nServer under load (int4, max batch {args.max_batch_size}, threads={args.threads}): throughput from "
+    print(f"\nServer under load (int4, scheduler {args.scheduler or 'default'}, max batch {args.max_batch_size}, "
+          f"threads={args.threads}): throughput from "
           f"{args.requests} requests per client of {args.new_tokens} tokens; TTFT from {args.probes} one-token "
           f"probes while the clients keep requests in flight\n")
     print("| concurrent clients | completion tokens/s | vs 1 client | TTFT p50 ms | TTFT p95 ms |")
@@ -322,6 +325,8 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=16, help="Server batch size (default 16).")
     parser.add_argument("--max-running-batches", type=int, default=None,
                         help="Server batches decoded in turn (default: the server's default).")
+    parser.add_argument("--scheduler", choices=["continuous", "batches"], default=None,
+                        help="Server scheduler (default: the server's default, continuous for these builds).")
     parser.add_argument("--server-only", action="store_true",
                         help="Only the served rows and the load table (no in-process runtimes, no bandwidth).")
     parser.add_argument("--threads", type=int, default=available_cores(),

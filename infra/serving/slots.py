@@ -12,6 +12,7 @@ leave between steps, and one step costs what a static batch of the same rows cos
 from __future__ import annotations
 
 import json
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class DecoderLayout:
     kv_heads: int
     head_size: int
     context_length: int
+    vocab_size: int
     names: dict[str, str]
 
     @classmethod
@@ -47,7 +49,7 @@ class DecoderLayout:
                  "logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"}
         names |= decoder.get("inputs", {}) | decoder.get("outputs", {})
         return cls(folder / decoder["filename"], int(decoder["num_hidden_layers"]), int(decoder["num_key_value_heads"]),
-                   int(decoder["head_size"]), int(model["context_length"]), names)
+                   int(decoder["head_size"]), int(model["context_length"]), int(model["vocab_size"]), names)
 
     def past(self, layer: int) -> tuple[str, str]:
         """Input names of ``layer``'s past key and value."""
@@ -80,15 +82,23 @@ def check_slots(layout: DecoderLayout) -> None:
 class SlotCache:
     """One KV cache per layer with ``slots`` rows of the whole context window; ``lengths[i]`` tokens are in slot i.
 
-    ``np.zeros`` maps untouched pages lazily, so memory grows with the tokens really cached, not with the window.
+    The caches live in one anonymous memory map: its pages are zero and unbacked until first written, so memory
+    grows with the tokens really cached, not with the window, and all of it goes back when the cache is dropped.
+    (``np.zeros`` would not do: once glibc has freed a block this size it serves the next from its heap and
+    zeroes every byte, over a second for a 16-slot cache of a 2048-token model.)
     """
 
-    def __init__(self, layout: DecoderLayout, slots: int, dtype: Any):
+    def __init__(self, layout: DecoderLayout, slots: int, dtype: Any, logits_dtype: Any = np.float32):
         shape = (slots, layout.kv_heads, layout.context_length, layout.head_size)
-        self.keys = [np.zeros(shape, dtype) for _ in range(layout.layers)]
-        self.values = [np.zeros(shape, dtype) for _ in range(layout.layers)]
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        self._memory = mmap.mmap(-1, 2 * layout.layers * size)
+        caches = [np.frombuffer(self._memory, dtype, int(np.prod(shape)), i * size).reshape(shape)
+                  for i in range(2 * layout.layers)]
+        self.keys, self.values = caches[0::2], caches[1::2]
         self.lengths = np.zeros(slots, np.int64)
         self.slots = slots
+        self.logits = np.zeros((slots, 1, layout.vocab_size), logits_dtype)  # each step's, written by the run
+        self.bindings: dict[tuple[int, str | None], Any] = {}  # (rows, adapter) → an IOBinding of these buffers
 
     def put(self, slot: int, presents: list[np.ndarray]) -> None:
         """Store a prefilled row's present keys and values (``[1, kv heads, length, head size]`` each)."""
@@ -125,6 +135,8 @@ class SlotDecoder:
         self.id_type = ONNX_TYPES[types[self.layout.names["input_ids"]]]
         self.mask_type = ONNX_TYPES[types[self.layout.names["attention_mask"]]]
         self.cache_type = ONNX_TYPES[types[self.layout.past(0)[0]]]
+        outputs = {o.name: o.type for o in self.session.get_outputs()}
+        self.logits_type = ONNX_TYPES[outputs[self.layout.names["logits"]]]
         self.positions = self.layout.names["position_ids"] in types
         # each adapter's weights, fed as the inputs they override (onnxruntime 1.31 applies an adapter activated
         # through RunOptions only in part when the run uses an IOBinding: its logits differ from a plain run's)
@@ -134,7 +146,7 @@ class SlotDecoder:
 
     def cache(self, slots: int) -> SlotCache:
         """An empty cache of ``slots`` rows for this decoder."""
-        return SlotCache(self.layout, slots, self.cache_type)
+        return SlotCache(self.layout, slots, self.cache_type, self.logits_type)
 
     def prefill(self, cache: SlotCache, slot: int, prompt: list[int], adapter: str | None = None) -> np.ndarray:
         """Run ``prompt`` alone, store its keys and values in ``slot``; the logits of every prompt position."""
@@ -153,19 +165,32 @@ class SlotDecoder:
         return logits[0]
 
     def decode(self, cache: SlotCache, tokens: np.ndarray, adapter: str | None = None) -> np.ndarray:
-        """Append ``tokens[i]`` to slot ``i`` for the first ``len(tokens)`` slots; the next-token logits of each."""
-        names, layout, n = self.layout.names, self.layout, len(tokens)
+        """Append ``tokens[i]`` to slot ``i`` for the first ``len(tokens)`` slots; the next-token logits of each
+        (a view of the cache's logits buffer, valid until its next step)."""
+        names, n = self.layout.names, len(tokens)
         lengths = cache.lengths[:n]
         width = int(lengths.max()) + 1
         mask = (np.arange(width)[None] <= lengths[:, None]).astype(self.mask_type)
-        binding = self.session.io_binding()
-        binding.bind_cpu_input(names["input_ids"], np.asarray(tokens, self.id_type)[:, None])
+        ids = np.asarray(tokens, self.id_type)[:, None]
+        binding = cache.bindings.get((n, adapter)) or self._bind(cache, n, adapter)
+        binding.bind_cpu_input(names["input_ids"], ids)
         binding.bind_cpu_input(names["attention_mask"], mask)
         if self.positions:
-            binding.bind_cpu_input(names["position_ids"], lengths.astype(self.id_type)[:, None])
+            positions = lengths.astype(self.id_type)[:, None]
+            binding.bind_cpu_input(names["position_ids"], positions)
+        self.session.run_with_iobinding(binding)
+        cache.lengths[:n] += 1
+        return cache.logits[:n, -1]
+
+    def _bind(self, cache: SlotCache, n: int, adapter: str | None) -> Any:
+        """An IOBinding of the first ``n`` slots of ``cache`` (kept for the next steps with ``n`` rows): each
+        layer's cache as both past and present, the logits buffer, and the adapter's weights."""
+        layout = self.layout
+        binding = self.session.io_binding()
         for name, value in self.lora_inputs[adapter].items():
             binding.bind_ortvalue_input(name, value)
-        binding.bind_output(names["logits"], "cpu")  # first: get_outputs() follows the binding order
+        binding.bind_output(layout.names["logits"], "cpu", 0, self.logits_type, [n, 1, layout.vocab_size],
+                            cache.logits.ctypes.data)
         shape = [n, layout.kv_heads, layout.context_length, layout.head_size]
         for layer in range(layout.layers):
             for name, out, buffer in zip(layout.past(layer), layout.present(layer),
@@ -173,7 +198,5 @@ class SlotDecoder:
                 # the same memory as past and present: GroupQueryAttention writes the new token in place
                 binding.bind_input(name, "cpu", 0, self.cache_type, shape, buffer.ctypes.data)
                 binding.bind_output(out, "cpu", 0, self.cache_type, shape, buffer.ctypes.data)
-        self.session.run_with_iobinding(binding)
-        logits = binding.get_outputs()[0].numpy()
-        cache.lengths[:n] += 1
-        return logits[:, -1]
+        cache.bindings[(n, adapter)] = binding
+        return binding
