@@ -6,7 +6,7 @@ Q4_0 build is decoded in-process by llama.cpp (llama-cpp-python); transformers f
 uses the same ``--threads`` (server ``--threads``, onnxruntime-genai intra-op threads, llama.cpp ``n_threads`` and
 ``n_threads_batch``, ``torch.set_num_threads``).
 
-    python bench/serve.py [--new-tokens 64] [--repeats 3] [--requests 4] [--probes 20] [--max-batch-size 16]
+    python bench/serve.py [--new-tokens 64] [--repeats 3] [--requests 4] [--probes 20] [--max-batch-size N]
                           [--scheduler continuous|batches] [--threads N (default: available cores)]
                           [--out .slmops/bench]
 
@@ -201,7 +201,8 @@ def measure_server(onnx: Path, args: argparse.Namespace) -> tuple[PathSpeed, lis
     running = ["--max-running-batches", str(args.max_running_batches)] if args.max_running_batches else []
     running += ["--scheduler", args.scheduler] if args.scheduler else []
     pid = process.start(["-m", "infra.serving", str(onnx), "--name", "bench", "--port", str(port),
-                         "--max-batch-size", str(args.max_batch_size), "--max-queue", "256",
+                         *(["--max-batch-size", str(args.max_batch_size)] if args.max_batch_size else []),
+                         "--max-queue", "256",
                          "--threads", str(args.threads), *running], log)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -289,8 +290,8 @@ def print_single_stream(rows: list[PathSpeed], args: argparse.Namespace) -> None
 
 def print_loads(loads: list[LoadResult], unloaded: list[float], args: argparse.Namespace) -> None:
     """Table 2: aggregate throughput and probe TTFT percentiles per load, then the unloaded TTFT."""
-    print(f"\nServer under load (int4, scheduler {args.scheduler or 'default'}, max batch {args.max_batch_size}, "
-          f"threads={args.threads}): throughput from "
+    print(f"\nServer under load (int4, scheduler {args.scheduler or 'default'}, max batch "
+          f"{args.max_batch_size or 'default'}, threads={args.threads}): throughput from "
           f"{args.requests} requests per client of {args.new_tokens} tokens; TTFT from {args.probes} one-token "
           f"probes while the clients keep requests in flight\n")
     print("| concurrent clients | completion tokens/s | vs 1 client | TTFT p50 ms | TTFT p95 ms |")
@@ -322,7 +323,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="Timed single-stream runs per path (default 3).")
     parser.add_argument("--requests", type=int, default=4, help="Requests per client in the throughput runs.")
     parser.add_argument("--probes", type=int, default=20, help="TTFT probes per load level (default 20).")
-    parser.add_argument("--max-batch-size", type=int, default=16, help="Server batch size (default 16).")
+    parser.add_argument("--max-batch-size", type=int, default=None,
+                        help="Server batch size (default: the server's default).")
     parser.add_argument("--max-running-batches", type=int, default=None,
                         help="Server batches decoded in turn (default: the server's default).")
     parser.add_argument("--scheduler", choices=["continuous", "batches"], default=None,

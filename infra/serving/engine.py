@@ -45,8 +45,9 @@ class EngineConfig(BaseModel, extra="forbid"):
         "auto", description="continuous: requests join the running batch between decoding steps (onnxruntime run "
         "directly, a KV-cache slot per row); batches: onnxruntime-genai static batches decoded in turn; auto: "
         "continuous where the model's decoder allows it.")
-    max_batch_size: int = Field(8, gt=0, description="Requests decoded together in one batch at most (continuous: "
-                                "rows per adapter).")
+    max_batch_size: int = Field(32, gt=0, description="Rows decoded together at most (continuous: KV-cache "
+                                "slots per adapter, whose memory grows only with the tokens really cached; "
+                                "batches: requests per static batch).")
     max_queue: int = Field(64, gt=0, description="Requests waiting for the engine before new ones get 503.")
     batch_window_ms: float = Field(5.0, ge=0, description="How long the first waiting request waits for company.")
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 uses every available core.")
@@ -157,6 +158,7 @@ class Engine:
     def _admit_slots(self, batches: dict[str | None, SlotBatch]) -> None:
         """Prefill waiting requests, in arrival order, into free slots of their adapter's batch."""
         waiting, self._backlog = self._backlog, []
+        admitted: dict[str | None, list[GenerationRequest]] = {}
         for request in waiting:
             if request.cancelled:
                 self.stats.cancelled += 1
@@ -165,15 +167,19 @@ class Engine:
             if batch is None:
                 batch = batches[request.adapter] = SlotBatch(self._runner, self.decoder, self.config.max_batch_size,
                                                              request.adapter)
-            if not batch.free:
+            group = admitted.setdefault(request.adapter, [])
+            if len(group) < batch.free:
+                group.append(request)
+            else:
                 self._backlog.append(request)
-                continue
+        for adapter, requests in admitted.items():
             try:
-                batch.admit(request)
-            except Exception as exc:  # its prefill failed: the running rows are untouched
-                self._fail([request], exc)
-            if not batch.live:
-                del batches[request.adapter]
+                batches[adapter].admit(requests)
+            except Exception as exc:  # a failed prefill: its requests fail, the running rows go on
+                running = {id(s.row.request) for s in batches[adapter].live}
+                self._fail([r for r in requests if id(r) not in running], exc)
+            if not batches[adapter].live:
+                del batches[adapter]
 
     def _admit(self, waiting: list[GenerationRequest], running: list[ActiveBatch]) -> None:
         live = [r for r in waiting if not r.cancelled]

@@ -148,21 +148,27 @@ class SlotDecoder:
         """An empty cache of ``slots`` rows for this decoder."""
         return SlotCache(self.layout, slots, self.cache_type, self.logits_type)
 
-    def prefill(self, cache: SlotCache, slot: int, prompt: list[int], adapter: str | None = None) -> np.ndarray:
-        """Run ``prompt`` alone, store its keys and values in ``slot``; the logits of every prompt position."""
-        names, n = self.layout.names, len(prompt)
-        feeds = {names["input_ids"]: np.asarray([prompt], self.id_type),
-                 names["attention_mask"]: np.ones((1, n), self.mask_type)}
+    def prefill(self, cache: SlotCache, slot: int, prompts: list[list[int]], adapter: str | None = None
+                ) -> list[np.ndarray]:
+        """Run ``prompts`` together (right-padded, each row's length from the mask), store prompt ``i``'s keys and
+        values in slot ``slot + i``; the last position's logits of each prompt."""
+        names, width = self.layout.names, max(len(p) for p in prompts)
+        ids = np.zeros((len(prompts), width), self.id_type)
+        mask = np.zeros((len(prompts), width), self.mask_type)
+        for i, prompt in enumerate(prompts):
+            ids[i, : len(prompt)], mask[i, : len(prompt)] = prompt, 1
+        feeds = {names["input_ids"]: ids, names["attention_mask"]: mask}
         if self.positions:
-            feeds[names["position_ids"]] = np.arange(n, dtype=self.id_type)[None]
-        empty = np.zeros((1, self.layout.kv_heads, 0, self.layout.head_size), self.cache_type)
+            feeds[names["position_ids"]] = np.broadcast_to(np.arange(width, dtype=self.id_type), ids.shape)
+        empty = np.zeros((len(prompts), self.layout.kv_heads, 0, self.layout.head_size), self.cache_type)
         outputs = [names["logits"]]
         for layer in range(self.layout.layers):
             feeds |= dict.fromkeys(self.layout.past(layer), empty)
             outputs += self.layout.present(layer)
         logits, *presents = self.session.run(outputs, feeds | self.lora_inputs[adapter])
-        cache.put(slot, presents)
-        return logits[0]
+        for i, prompt in enumerate(prompts):
+            cache.put(slot + i, [present[i : i + 1, :, : len(prompt)] for present in presents])
+        return [logits[i, len(prompt) - 1] for i, prompt in enumerate(prompts)]
 
     def decode(self, cache: SlotCache, tokens: np.ndarray, adapter: str | None = None) -> np.ndarray:
         """Append ``tokens[i]`` to slot ``i`` for the first ``len(tokens)`` slots; the next-token logits of each

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infra.serving.continuous import pick
+from infra.serving.continuous import nucleus, pick
 from infra.serving.engine import Engine, EngineConfig
 from infra.serving.protocol import Delta, Done, Event, GenerationRequest, Sampling
 from infra.serving.slots import DecoderLayout, SlotsUnsupported, check_slots
@@ -74,6 +74,24 @@ def test_rows_joining_and_leaving_a_running_batch_answer_as_onnxruntime_genai_al
     assert engine.stats.active == 0 and engine.queue_depth() == 0
 
 
+def test_prompts_prefilled_together_get_the_logits_and_cache_of_each_prefilled_alone(tiny_onnx: Path) -> None:
+    from infra.serving.slots import SlotDecoder
+
+    decoder = SlotDecoder(tiny_onnx, 2)
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+    together, alone = decoder.cache(3), decoder.cache(3)
+    logits = decoder.prefill(together, 0, prompts)
+    for i, prompt in enumerate(prompts):
+        np.testing.assert_allclose(logits[i], decoder.prefill(alone, i, [prompt])[0], atol=1e-4)
+    assert together.lengths.tolist() == alone.lengths.tolist() == [7, 2, 4]
+    for layer in range(decoder.layout.layers):
+        np.testing.assert_allclose(together.keys[layer], alone.keys[layer], atol=1e-4)
+        np.testing.assert_allclose(together.values[layer], alone.values[layer], atol=1e-4)
+    # and the next step decodes the three rows of different lengths as their own
+    np.testing.assert_allclose(decoder.decode(together, np.array([1, 2, 3])),
+                               decoder.decode(alone, np.array([1, 2, 3])), atol=1e-4)
+
+
 def test_seeded_sampling_repeats_in_any_company_and_a_tiny_top_p_is_greedy(random_onnx: Path) -> None:
     engine = Engine(random_onnx, EngineConfig(scheduler="continuous"))
     ids = render_ids(engine.tokenizer, [{"role": "user", "content": "Reverse: a b c"}], True)
@@ -103,6 +121,16 @@ def test_pick_never_draws_a_banned_token_and_keeps_to_the_top_p_mass() -> None:
     assert drawn == {0, 1}, "0.5 + 0.3 covers 0.75: only the first two can be drawn"
     drawn = {pick(scores, Sampling(temperature=1.0), rng, banned={1}) for _ in range(300)}
     assert drawn == {0, 2, 3}
+
+
+def test_nucleus_is_the_set_a_full_sort_gives() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(60):  # peaked to flat distributions over 5000 tokens, small to large top_p
+        probs = rng.dirichlet(np.full(5000, rng.choice([0.01, 0.1, 1.0])))
+        top_p = float(rng.uniform(0.05, 0.999))
+        order = np.argsort(-probs, kind="stable")
+        expected = order[: int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1]
+        assert sorted(nucleus(probs, top_p)) == sorted(expected)
 
 
 def test_a_decoder_without_group_query_attention_is_refused_by_name(random_onnx: Path, tmp_path: Path) -> None:
