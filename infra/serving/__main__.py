@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Literal, get_args, get_origin
 
 import uvicorn
 from pydantic import BaseModel
@@ -19,8 +20,10 @@ def add_options(parser: argparse.ArgumentParser, model: type[BaseModel], skip: t
     """One ``--[prefix-]kebab-case`` option per field of ``model``, with its default and description as help."""
     for name, field in model.model_fields.items():
         if name not in skip:
+            choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
             parser.add_argument(f"--{prefix}{name.replace('_', '-')}", dest=prefix + name, type=type(field.default),
-                                default=field.default, help=f"{field.description} (default {field.default!r})")
+                                default=field.default, choices=choices,
+                                help=f"{field.description} (default {field.default!r})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,12 +6,12 @@ Requests wait in a bounded queue for a worker thread, which runs one of two sche
   each row in its own KV-cache slot (``SlotBatch``). Between decoding steps the worker prefills every waiting
   request into a free slot and emits its first token, so a new request never waits for running ones to end;
   finished rows leave at once. Each LoRA adapter has its own slots, decoded in turn with the others.
-- ``batches``: onnxruntime-genai static batches. The worker takes the waiting requests (the first waits up to
-``batch_window_ms`` for company when nothing is running), splits them into batches that share sampling settings
-and fit the context window (``plan_batches``) and prefills each as one static batch (``ActiveBatch``). Running
-batches are decoded in turn, one token per batch per round, and new batches are admitted between rounds (up to
-``max_running_batches``), so a request that arrives while a long batch runs starts at once instead of waiting
-for it to end. Used for decoders the slot scheduler cannot drive (no GroupQueryAttention).
+- ``batches``: onnxruntime-genai static batches, for decoders the slot scheduler cannot drive (no
+  GroupQueryAttention). The worker takes the waiting requests (the first waits up to ``batch_window_ms`` for
+  company when nothing is running), splits them into batches that share sampling settings and fit the context
+  window (``plan_batches``) and prefills each as one static batch (``ActiveBatch``). Running batches are decoded
+  in turn, one token per batch per round, and new batches are admitted between rounds (up to
+  ``max_running_batches``), so a request that arrives while a long batch runs starts without waiting for it.
 
 The engine knows nothing of HTTP: the serving app talks to it through ``GenerationEngine``
 (submit, events, cancel).
@@ -49,10 +49,12 @@ class EngineConfig(BaseModel, extra="forbid"):
                                 "slots per adapter, whose memory grows only with the tokens really cached; "
                                 "batches: requests per static batch).")
     max_queue: int = Field(64, gt=0, description="Requests waiting for the engine before new ones get 503.")
-    batch_window_ms: float = Field(5.0, ge=0, description="How long the first waiting request waits for company.")
+    batch_window_ms: float = Field(5.0, ge=0, description="How long the first waiting request waits for company "
+                                   "(batches only: continuous admits at every step).")
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 uses every available core.")
-    max_running_batches: int = Field(4, gt=0, description="Batches decoded in turn: a request arriving while "
-                                     "others run starts its own batch at once (1: one static batch at a time).")
+    max_running_batches: int = Field(4, gt=0, description="Batches only: static batches decoded in turn, so a "
+                                     "request arriving while others run starts its own batch at once (1: one "
+                                     "static batch at a time).")
 
 
 def load_tokenizer(model_dir: Path) -> Any:

@@ -30,6 +30,9 @@ class LocalTargetConfig(_Common):
     target: Literal["local"] = "local"
     port: int | None = Field(None, ge=1, le=65535, description="Stable port clients use (127.0.0.1). Default: "
                              "the deployment's current port, 8080 for a new one; another port moves it there.")
+    scheduler: Literal["auto", "continuous", "batches"] = Field(
+        "auto", description="Serving runtime scheduler: continuous (rows join the running batch between steps), "
+        "batches (onnxruntime-genai static batches), auto (continuous where the model allows it).")
     max_batch_size: int = Field(32, gt=0, description="Rows decoded together at most (the continuous scheduler's "
                                 "KV-cache slots per adapter; memory grows only with the tokens really cached).")
     max_queue: int = Field(64, gt=0, description="Waiting requests before 503 + Retry-After.")

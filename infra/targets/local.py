@@ -111,7 +111,8 @@ class LocalTarget(RecordedTarget):
         port = process.free_port()
         log_file = self._logs(name) / f"v{release.version}-{port}.log"
         args = ["-m", "infra.serving", release.onnx_dir, "--name", release.name, "--version", release.version,
-                "--port", str(port), "--max-batch-size", str(self.cfg.max_batch_size),
+                "--port", str(port), "--scheduler", self.cfg.scheduler,
+                "--max-batch-size", str(self.cfg.max_batch_size),
                 "--max-queue", str(self.cfg.max_queue), "--api-key-env", self.cfg.api_key_env or "SLMOPS_API_KEY",
                 "--capture-percent", str(self.cfg.capture_percent), "--capture-destination",
                 self.cfg.capture_destination]
