@@ -11,8 +11,8 @@ into one multi-LoRA folder (tasks/quantize/adapters.py). Three servers (``python
 
 For each: resident memory (VmRSS) after a warm-up request per served model; single-stream decode tokens/s
 (``--new-tokens`` fixed-length greedy requests, median of ``--repeats``) of the base and of an adapter; and
-aggregate tokens/s of 8 concurrent clients that all use one adapter vs each its own (one adapter per batch, so
-the second runs up to 8 batches in turn: the engine's ``--max-running-batches``). Serving 8 merged fine-tunes
+aggregate tokens/s of 8 concurrent clients that all use one adapter vs each its own (one adapter per decoding
+step, so the second steps up to 8 adapters' rows in turn). Serving 8 merged fine-tunes
 instead would take 8 servers: 8 × the plain server's memory.
 
     python bench/multi_lora.py [--rank 16] [--targets q_proj,v_proj,…] [--new-tokens 64] [--repeats 3] [--requests 2]
