@@ -1,10 +1,10 @@
 """Continuous batching: requests join the running batch between decoding steps and leave it when they end.
 
-``SlotBatch`` holds the rows of one LoRA adapter (or of the base) in a ``SlotCache``. ``admit`` prefills a new
-request into a free slot and emits its first token at once; ``step`` decodes one token for every row; a finished
-or cancelled row frees its slot for the next request. Tokens are picked here (greedy, or temperature and top-p
-with the request's own seeded generator), so rows with different sampling settings share a step. Text, stops,
-logprobs and events are ``BatchRun``'s, the same as for onnxruntime-genai's static batches.
+``SlotBatch`` holds the running rows in a ``SlotCache``, each with its own LoRA adapter (or the base). ``admit``
+prefills new requests into free slots and emits their first tokens at once; ``step`` decodes one token for every
+row; a finished or cancelled row frees its slot for the next request. Tokens are picked here (greedy, or
+temperature and top-p with the request's own seeded generator), so rows with different sampling settings share
+a step. Text, stops, logprobs and events are ``BatchRun``'s, the same as for onnxruntime-genai's static batches.
 """
 
 from __future__ import annotations
@@ -75,10 +75,11 @@ class _Slot:
 
 
 class SlotBatch:
-    """The running rows of one adapter: ``admit`` adds a request between steps, ``step`` decodes one token each."""
+    """The running rows: ``admit`` adds requests between steps, ``step`` decodes one token for each, every row with
+    its own LoRA adapter (or the base)."""
 
-    def __init__(self, runner: BatchRun, decoder: SlotDecoder, slots: int, adapter: str | None):
-        self.runner, self.decoder, self.adapter = runner, decoder, adapter
+    def __init__(self, runner: BatchRun, decoder: SlotDecoder, slots: int):
+        self.runner, self.decoder = runner, decoder
         self.cache = decoder.cache(slots)
         self.live: list[_Slot] = []  # live[i] is in cache slot i
         runner.stats.batches += 1
@@ -98,7 +99,8 @@ class SlotBatch:
             slots = [_Slot(self.runner.new_row(r), np.random.default_rng(None if r.sampling.seed is None
                                                                          else r.sampling.seed % 2**64))
                      for r in group]
-            logits = self.decoder.prefill(self.cache, len(self.live), [r.prompt_ids for r in group], self.adapter)
+            logits = self.decoder.prefill(self.cache, len(self.live), [r.prompt_ids for r in group],
+                                          [r.adapter for r in group])
             self.live += slots
             self.runner.stats.active += len(slots)
             for slot, scores in zip(slots, logits, strict=True):
@@ -111,7 +113,8 @@ class SlotBatch:
         self._compact()
         if not self.live:
             return
-        logits = self.decoder.decode(self.cache, np.array([s.token for s in self.live]), self.adapter)
+        logits = self.decoder.decode(self.cache, np.array([s.token for s in self.live]),
+                                     [s.row.request.adapter for s in self.live])
         for slot, scores in zip(self.live, logits, strict=True):
             self._advance(slot, scores)
         self._compact()

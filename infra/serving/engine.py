@@ -5,7 +5,7 @@ Requests wait in a bounded queue for a worker thread, which runs one of two sche
 - ``continuous`` (the default where the model allows it): the folder's decoder is run directly with onnxruntime,
   each row in its own KV-cache slot (``SlotBatch``). Between decoding steps the worker prefills every waiting
   request into a free slot and emits its first token, so a new request never waits for running ones to end;
-  finished rows leave at once. Each LoRA adapter has its own slots, decoded in turn with the others.
+  finished rows leave at once. Rows of different LoRA adapters share steps, each answering with its own.
 - ``batches``: onnxruntime-genai static batches, for decoders the slot scheduler cannot drive (no
   GroupQueryAttention). The worker takes the waiting requests (the first waits up to ``batch_window_ms`` for
   company when nothing is running), splits them into batches that share sampling settings and fit the context
@@ -142,46 +142,35 @@ class Engine:
                     running.remove(batch)
 
     def _loop_slots(self) -> None:
-        batches: dict[str | None, SlotBatch] = {}  # one per LoRA adapter (None: the base) with rows running
+        batch: SlotBatch | None = None  # the running rows (dropped when none is left, which frees its cache)
         while not self._stop.is_set():
-            busy = bool(self._backlog or batches)
-            self._backlog += self._gather(wait=not busy, window=False)
-            self._admit_slots(batches)
-            for adapter, batch in list(batches.items()):
-                try:
-                    if self.on_batch:
-                        self.on_batch(len(batch.live))
-                    batch.step()
-                except Exception as exc:  # a failed step must answer its callers, not kill the worker
-                    self._fail(batch.abandon(), exc)
-                if not batch.live:
-                    del batches[adapter]  # frees its cache
-
-    def _admit_slots(self, batches: dict[str | None, SlotBatch]) -> None:
-        """Prefill waiting requests, in arrival order, into free slots of their adapter's batch."""
-        waiting, self._backlog = self._backlog, []
-        admitted: dict[str | None, list[GenerationRequest]] = {}
-        for request in waiting:
-            if request.cancelled:
-                self.stats.cancelled += 1
+            self._backlog += self._gather(wait=not (self._backlog or batch), window=False)
+            if batch is None and not self._backlog:
                 continue
-            batch = batches.get(request.adapter)
-            if batch is None:
-                batch = batches[request.adapter] = SlotBatch(self._runner, self.decoder, self.config.max_batch_size,
-                                                             request.adapter)
-            group = admitted.setdefault(request.adapter, [])
-            if len(group) < batch.free:
-                group.append(request)
-            else:
-                self._backlog.append(request)
-        for adapter, requests in admitted.items():
+            batch = batch or SlotBatch(self._runner, self.decoder, self.config.max_batch_size)
+            self._admit_slots(batch)
             try:
-                batches[adapter].admit(requests)
-            except Exception as exc:  # a failed prefill: its requests fail, the running rows go on
-                running = {id(s.row.request) for s in batches[adapter].live}
-                self._fail([r for r in requests if id(r) not in running], exc)
-            if not batches[adapter].live:
-                del batches[adapter]
+                if batch.live and self.on_batch:
+                    self.on_batch(len(batch.live))
+                batch.step()
+            except Exception as exc:  # a failed step must answer its callers, not kill the worker
+                self._fail(batch.abandon(), exc)
+            if not batch.live:
+                batch = None
+
+    def _admit_slots(self, batch: SlotBatch) -> None:
+        """Prefill waiting requests, in arrival order, into the batch's free slots."""
+        waiting, self._backlog = self._backlog, []
+        live = [r for r in waiting if not r.cancelled]
+        self.stats.cancelled += len(waiting) - len(live)
+        admitted, self._backlog = live[: batch.free], live[batch.free:]
+        if not admitted:
+            return
+        try:
+            batch.admit(admitted)
+        except Exception as exc:  # a failed prefill: its requests fail, the running rows go on
+            running = {id(s.row.request) for s in batch.live}
+            self._fail([r for r in admitted if id(r) not in running], exc)
 
     def _admit(self, waiting: list[GenerationRequest], running: list[ActiveBatch]) -> None:
         live = [r for r in waiting if not r.cancelled]

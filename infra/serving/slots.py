@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import json
 import mmap
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from infra.serving.lora_rows import ROWS_INPUT, LoraRoutingError, LoraRows, route_rows
 
 ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
               "tensor(int32)": np.int32}
@@ -98,7 +101,7 @@ class SlotCache:
         self.lengths = np.zeros(slots, np.int64)
         self.slots = slots
         self.logits = np.zeros((slots, 1, layout.vocab_size), logits_dtype)  # each step's, written by the run
-        self.bindings: dict[tuple[int, str | None], Any] = {}  # (rows, adapter) → an IOBinding of these buffers
+        self.bindings: dict[tuple[int, tuple[str, ...]], Any] = {}  # (rows, adapters) → an IOBinding of these buffers
 
     def put(self, slot: int, presents: list[np.ndarray]) -> None:
         """Store a prefilled row's present keys and values (``[1, kv heads, length, head size]`` each)."""
@@ -117,9 +120,11 @@ class SlotCache:
 
 
 class SlotDecoder:
-    """The decoder session; ``prefill`` one prompt, ``decode`` one token for the first ``n`` slots of a cache.
+    """The decoder session; ``prefill`` prompts into slots, ``decode`` one token for the first ``n`` slots.
 
-    ``adapters``: LoRA adapter files (a multi-LoRA build) by name; a run activates one of them or none.
+    ``adapters``: LoRA adapter files (a multi-LoRA build) by name. Their decoder is loaded with a per-row mask
+    between each LoRA branch's two MatMuls (infra/serving/lora_rows.py), so every row of a step answers with its
+    own adapter (or the base).
     """
 
     def __init__(self, folder: Path, threads: int, adapters: dict[str, Path] | None = None):
@@ -130,7 +135,19 @@ class SlotDecoder:
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.layout.file), options, providers=["CPUExecutionProvider"])
+        self.lora: LoraRows | None = None
+        if adapters:
+            model, shapes = self._routed(options)
+            self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+            # each adapter's weights, fed as the inputs they override (onnxruntime 1.31 applies an adapter
+            # activated through RunOptions only in part when the run uses an IOBinding)
+            weights = {name: {k: v.numpy().copy()  # a copy: numpy() views memory the adapter object frees
+                              for k, v in ort.AdapterFormat.read_adapter(str(file)).get_parameters().items()}
+                       for name, file in adapters.items()}
+            rows_type = ONNX_TYPES[{i.name: i.type for i in self.session.get_inputs()}[ROWS_INPUT]]
+            self.lora = LoraRows(shapes, weights, rows_type)
+        else:
+            self.session = ort.InferenceSession(str(self.layout.file), options, providers=["CPUExecutionProvider"])
         types = {i.name: i.type for i in self.session.get_inputs()}
         self.id_type = ONNX_TYPES[types[self.layout.names["input_ids"]]]
         self.mask_type = ONNX_TYPES[types[self.layout.names["attention_mask"]]]
@@ -138,20 +155,29 @@ class SlotDecoder:
         outputs = {o.name: o.type for o in self.session.get_outputs()}
         self.logits_type = ONNX_TYPES[outputs[self.layout.names["logits"]]]
         self.positions = self.layout.names["position_ids"] in types
-        # each adapter's weights, fed as the inputs they override (onnxruntime 1.31 applies an adapter activated
-        # through RunOptions only in part when the run uses an IOBinding: its logits differ from a plain run's)
-        self.lora_inputs: dict[str | None, dict[str, Any]] = {None: {}}
-        for name, file in (adapters or {}).items():
-            self.lora_inputs[name] = ort.AdapterFormat.read_adapter(str(file)).get_parameters()
+
+    def _routed(self, options: Any) -> tuple[bytes, dict[str, tuple[int, ...]]]:
+        """The decoder graph with the per-row LoRA mask, serialized (its weights stay in their files beside it)."""
+        import onnx
+
+        model = onnx.load(str(self.layout.file), load_external_data=False)
+        try:
+            shapes = route_rows(model)
+        except LoraRoutingError as exc:
+            raise SlotsUnsupported(f"{self.layout.file.name}: {exc}") from exc
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         str(self.layout.file.parent))
+        return model.SerializeToString(), shapes
 
     def cache(self, slots: int) -> SlotCache:
         """An empty cache of ``slots`` rows for this decoder."""
         return SlotCache(self.layout, slots, self.cache_type, self.logits_type)
 
-    def prefill(self, cache: SlotCache, slot: int, prompts: list[list[int]], adapter: str | None = None
-                ) -> list[np.ndarray]:
-        """Run ``prompts`` together (right-padded, each row's length from the mask), store prompt ``i``'s keys and
-        values in slot ``slot + i``; the last position's logits of each prompt."""
+    def prefill(self, cache: SlotCache, slot: int, prompts: list[list[int]],
+                adapters: Sequence[str | None] | None = None) -> list[np.ndarray]:
+        """Run ``prompts`` together (right-padded, each row's length from the mask), prompt ``i`` with LoRA adapter
+        ``adapters[i]`` (None: the base); store its keys and values in slot ``slot + i``; the last position's
+        logits of each prompt."""
         names, width = self.layout.names, max(len(p) for p in prompts)
         ids = np.zeros((len(prompts), width), self.id_type)
         mask = np.zeros((len(prompts), width), self.mask_type)
@@ -160,41 +186,56 @@ class SlotDecoder:
         feeds = {names["input_ids"]: ids, names["attention_mask"]: mask}
         if self.positions:
             feeds[names["position_ids"]] = np.broadcast_to(np.arange(width, dtype=self.id_type), ids.shape)
+        if self.lora:
+            rows = list(adapters or [None] * len(prompts))
+            active = self.lora.active(rows)
+            feeds |= self.lora.feeds(active) | {ROWS_INPUT: self.lora.mask(rows, active)}
         empty = np.zeros((len(prompts), self.layout.kv_heads, 0, self.layout.head_size), self.cache_type)
         outputs = [names["logits"]]
         for layer in range(self.layout.layers):
             feeds |= dict.fromkeys(self.layout.past(layer), empty)
             outputs += self.layout.present(layer)
-        logits, *presents = self.session.run(outputs, feeds | self.lora_inputs[adapter])
+        logits, *presents = self.session.run(outputs, feeds)
         for i, prompt in enumerate(prompts):
             cache.put(slot + i, [present[i : i + 1, :, : len(prompt)] for present in presents])
         return [logits[i, len(prompt) - 1] for i, prompt in enumerate(prompts)]
 
-    def decode(self, cache: SlotCache, tokens: np.ndarray, adapter: str | None = None) -> np.ndarray:
-        """Append ``tokens[i]`` to slot ``i`` for the first ``len(tokens)`` slots; the next-token logits of each
-        (a view of the cache's logits buffer, valid until its next step)."""
+    def decode(self, cache: SlotCache, tokens: np.ndarray, adapters: Sequence[str | None] | None = None
+               ) -> np.ndarray:
+        """Append ``tokens[i]`` to slot ``i`` for the first ``len(tokens)`` slots, row ``i`` with LoRA adapter
+        ``adapters[i]`` (None: the base); the next-token logits of each (a view of the cache's logits buffer, valid
+        until its next step)."""
         names, n = self.layout.names, len(tokens)
         lengths = cache.lengths[:n]
         width = int(lengths.max()) + 1
         mask = (np.arange(width)[None] <= lengths[:, None]).astype(self.mask_type)
         ids = np.asarray(tokens, self.id_type)[:, None]
-        binding = cache.bindings.get((n, adapter)) or self._bind(cache, n, adapter)
+        rows = list(adapters or [None] * n)
+        active = self.lora.active(rows) if self.lora else ()
+        binding = cache.bindings.get((n, active)) or self._bind(cache, n, active)
         binding.bind_cpu_input(names["input_ids"], ids)
         binding.bind_cpu_input(names["attention_mask"], mask)
         if self.positions:
             positions = lengths.astype(self.id_type)[:, None]
             binding.bind_cpu_input(names["position_ids"], positions)
+        if self.lora:
+            row_mask = self.lora.mask(rows, active)
+            binding.bind_cpu_input(ROWS_INPUT, row_mask)
         self.session.run_with_iobinding(binding)
         cache.lengths[:n] += 1
         return cache.logits[:n, -1]
 
-    def _bind(self, cache: SlotCache, n: int, adapter: str | None) -> Any:
-        """An IOBinding of the first ``n`` slots of ``cache`` (kept for the next steps with ``n`` rows): each
-        layer's cache as both past and present, the logits buffer, and the adapter's weights."""
+    def _bind(self, cache: SlotCache, n: int, active: tuple[str, ...]) -> Any:
+        """An IOBinding of the first ``n`` slots of ``cache`` for rows using the adapters ``active`` (kept for the
+        next steps like it): each layer's cache as both past and present, the logits buffer, the LoRA weights."""
         layout = self.layout
         binding = self.session.io_binding()
-        for name, value in self.lora_inputs[adapter].items():
-            binding.bind_ortvalue_input(name, value)
+        if self.lora:
+            for name, value in self.lora.feeds(active).items():  # weights override initializers: OrtValues
+                binding.bind_ortvalue_input(name, self.ort.OrtValue.ortvalue_from_numpy(value))
+            kept = self.lora.kept()  # bindings of adapter sets whose weights were let go hold them: drop those
+            for key in [k for k in cache.bindings if k[1] not in kept]:
+                del cache.bindings[key]
         binding.bind_output(layout.names["logits"], "cpu", 0, self.logits_type, [n, 1, layout.vocab_size],
                             cache.logits.ctypes.data)
         shape = [n, layout.kv_heads, layout.context_length, layout.head_size]
@@ -204,5 +245,5 @@ class SlotDecoder:
                 # the same memory as past and present: GroupQueryAttention writes the new token in place
                 binding.bind_input(name, "cpu", 0, self.cache_type, shape, buffer.ctypes.data)
                 binding.bind_output(out, "cpu", 0, self.cache_type, shape, buffer.ctypes.data)
-        cache.bindings[(n, adapter)] = binding
+        cache.bindings[(n, active)] = binding
         return binding

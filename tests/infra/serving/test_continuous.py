@@ -92,6 +92,30 @@ def test_prompts_prefilled_together_get_the_logits_and_cache_of_each_prefilled_a
                                decoder.decode(alone, np.array([1, 2, 3])), atol=1e-4)
 
 
+def test_rows_of_different_adapters_in_one_step_each_answer_with_their_own(multi_lora: dict[str, Path]) -> None:
+    from infra.serving.slots import SlotDecoder
+    from tasks.decoding import GenaiFolder
+
+    # given the multi-LoRA folder: alpha (r=8 on q/v/o/down) and beta (r=4 on q/v)
+    decoder = SlotDecoder(multi_lora["served"], 2, GenaiFolder.read(multi_lora["served"]).adapter_files)
+    rows = ["beta", None, "alpha", "beta", "alpha"]
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13], [14, 15, 16, 17, 18], [19]]
+    # when the five rows are prefilled and decoded together, and each row alone
+    mixed = decoder.cache(5)
+    first = decoder.prefill(mixed, 0, prompts, rows)
+    steps = [decoder.decode(mixed, np.arange(5) + 20 + i, rows).copy() for i in range(3)]
+    for i, (prompt, adapter) in enumerate(zip(prompts, rows, strict=True)):
+        alone = decoder.cache(1)
+        np.testing.assert_allclose(first[i], decoder.prefill(alone, 0, [prompt], [adapter])[0], atol=1e-4)
+        for k, step in enumerate(steps):
+            np.testing.assert_allclose(step[i], decoder.decode(alone, np.array([i + 20 + k]), [adapter])[0],
+                                       atol=1e-4)
+    # then each row matched its own adapter alone, and the adapters change the answer
+    for adapter in (None, "alpha"):
+        other = decoder.prefill(decoder.cache(1), 0, [prompts[0]], [adapter])[0]
+        assert not np.allclose(first[0], other, atol=1e-3), f"beta's row answers like {adapter or 'the base'}"
+
+
 def test_seeded_sampling_repeats_in_any_company_and_a_tiny_top_p_is_greedy(random_onnx: Path) -> None:
     engine = Engine(random_onnx, EngineConfig(scheduler="continuous"))
     ids = render_ids(engine.tokenizer, [{"role": "user", "content": "Reverse: a b c"}], True)
