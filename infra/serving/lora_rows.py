@@ -9,14 +9,12 @@ r1 + r2 + …) and their B's stacked, with a mask that keeps, for each row, the 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 ROWS_INPUT = "slmops_lora_rows"
-KEPT_SETS = 4  # adapter sets whose concatenated weights stay ready (rows join and leave: the set changes rarely)
 
 
 class LoraRoutingError(Exception):
@@ -55,39 +53,40 @@ def route_rows(model: Any) -> dict[str, tuple[int, ...]]:
 
 
 class LoraRows:
-    """The LoRA inputs and row mask of a step whose rows use any of ``adapters`` (name → {input name: weight})."""
+    """The LoRA inputs and row mask of a step whose rows use any of ``adapters`` (name → {input name: weight}).
+
+    A step whose adapter rows all use one adapter gets that adapter's weights alone (its own rank: no cost for the
+    others); a step mixing adapters gets every adapter side by side, built once on first need. So the weights are
+    held at most twice, however the traffic mixes, and a row joining or leaving never rebuilds them.
+    """
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], adapters: dict[str, dict[str, np.ndarray]], dtype: Any):
-        self.shapes, self.adapters, self.dtype = shapes, adapters, dtype
+        self.shapes, self.dtype = shapes, dtype
         unknown = {name for weights in adapters.values() for name in weights} - set(shapes)
         if unknown:
             raise LoraRoutingError(f"adapter weights the decoder has no input for: {sorted(unknown)[:3]}")
         # one rank per adapter: the largest of its projections (a smaller one is padded with zeros, which adds 0)
         self.ranks = {name: max(w.shape[1] for key, w in weights.items() if ".lora_A." in key)
                       for name, weights in adapters.items()}
-        self._sets: OrderedDict[tuple[str, ...], dict[str, np.ndarray]] = OrderedDict()
+        self.all = tuple(sorted(adapters))
+        # every input of every adapter, at the adapter's rank (zeros where it does not adapt a projection)
+        self._feeds: dict[tuple[str, ...], dict[str, np.ndarray]] = {
+            (name,): {key: self._padded(weights.get(key), key, self.ranks[name]) for key in shapes}
+            for name, weights in adapters.items()}
 
     def active(self, rows: Sequence[str | None]) -> tuple[str, ...]:
-        """The adapters ``rows`` use, in a fixed order."""
-        return tuple(sorted({a for a in rows if a is not None}))
+        """The adapter set a step of ``rows`` runs with: none, the one adapter they use, or all of them."""
+        used = {a for a in rows if a is not None}
+        return tuple(used) if len(used) <= 1 else self.all
 
     def feeds(self, active: tuple[str, ...]) -> dict[str, np.ndarray]:
         """Every LoRA input for the adapter set ``active``: A's side by side, B's stacked (empty when none)."""
         if not active:
             return {}
-        if active in self._sets:
-            self._sets.move_to_end(active)
-            return self._sets[active]
-        feeds = {name: np.concatenate([self._part(adapter, name) for adapter in active], axis=1 if a else 0)
-                 for name in self.shapes for a in [".lora_A." in name]}
-        self._sets[active] = feeds
-        while len(self._sets) > KEPT_SETS:
-            self._sets.popitem(last=False)
-        return feeds
-
-    def kept(self) -> set[tuple[str, ...]]:
-        """The adapter sets whose weights are ready (bindings of others may be dropped)."""
-        return set(self._sets) | {()}
+        if active not in self._feeds:  # all adapters, concatenated once
+            self._feeds[active] = {key: np.concatenate([self._feeds[(a,)][key] for a in active],
+                                                       axis=1 if ".lora_A." in key else 0) for key in self.shapes}
+        return self._feeds[active]
 
     def mask(self, rows: Sequence[str | None], active: tuple[str, ...]) -> np.ndarray:
         """``[rows, 1, total rank]``: ones over each row's own adapter's rank columns, zeros elsewhere."""
@@ -99,11 +98,9 @@ class LoraRows:
                 mask[i, 0, offsets[k]:offsets[k + 1]] = 1
         return mask
 
-    def _part(self, adapter: str, name: str) -> np.ndarray:
-        """``adapter``'s weight for input ``name`` at the adapter's rank (zeros where it does not adapt it)."""
-        rank, a = self.ranks[adapter], ".lora_A." in name
-        shape = (self.shapes[name][0], rank) if a else (rank, self.shapes[name][1])
-        weight = self.adapters[adapter].get(name)
+    def _padded(self, weight: np.ndarray | None, name: str, rank: int) -> np.ndarray:
+        """``weight`` for input ``name`` at ``rank`` (zero-padded; all zeros where the adapter has none)."""
+        shape = (self.shapes[name][0], rank) if ".lora_A." in name else (rank, self.shapes[name][1])
         part = np.zeros(shape, self.dtype)
         if weight is not None:
             part[: weight.shape[0], : weight.shape[1]] = weight

@@ -233,9 +233,6 @@ class SlotDecoder:
         if self.lora:
             for name, value in self.lora.feeds(active).items():  # weights override initializers: OrtValues
                 binding.bind_ortvalue_input(name, self.ort.OrtValue.ortvalue_from_numpy(value))
-            kept = self.lora.kept()  # bindings of adapter sets whose weights were let go hold them: drop those
-            for key in [k for k in cache.bindings if k[1] not in kept]:
-                del cache.bindings[key]
         binding.bind_output(layout.names["logits"], "cpu", 0, self.logits_type, [n, 1, layout.vocab_size],
                             cache.logits.ctypes.data)
         shape = [n, layout.kv_heads, layout.context_length, layout.head_size]
