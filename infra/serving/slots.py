@@ -141,11 +141,13 @@ class SlotDecoder:
             self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
             # each adapter's weights, fed as the inputs they override (onnxruntime 1.31 applies an adapter
             # activated through RunOptions only in part when the run uses an IOBinding)
-            weights = {name: {k: v.numpy().copy()  # a copy: numpy() views memory the adapter object frees
-                              for k, v in ort.AdapterFormat.read_adapter(str(file)).get_parameters().items()}
-                       for name, file in adapters.items()}
+            files = {name: ort.AdapterFormat.read_adapter(str(file)) for name, file in adapters.items()}
+            values = {name: adapter.get_parameters() for name, adapter in files.items()}
+            # numpy() views memory the adapter objects own: LoraRows copies it while they are alive
+            weights = {name: {k: v.numpy() for k, v in params.items()} for name, params in values.items()}
             rows_type = ONNX_TYPES[{i.name: i.type for i in self.session.get_inputs()}[ROWS_INPUT]]
             self.lora = LoraRows(shapes, weights, rows_type)
+            del files, values, weights
         else:
             self.session = ort.InferenceSession(str(self.layout.file), options, providers=["CPUExecutionProvider"])
         types = {i.name: i.type for i in self.session.get_inputs()}
