@@ -61,8 +61,13 @@ class ProcessRef(BaseModel):
         now = ProcessRef.of(self.pid)
         if now is None:
             return Liveness.GONE
-        same = (now.start_ticks, now.boot_id, now.cmdline) == (self.start_ticks, self.boot_id, self.cmdline)
-        return Liveness.RUNNING if same else Liveness.STRANGER
+        if (now.start_ticks, now.boot_id) != (self.start_ticks, self.boot_id):
+            return Liveness.STRANGER
+        if now.cmdline == self.cmdline:
+            return Liveness.RUNNING
+        # the same process: with no command line it is exiting (its memory is released before it becomes a
+        # zombie, slowly for a large one); with another one it has exec'd another program
+        return Liveness.STRANGER if now.cmdline else Liveness.GONE
 
     def alive(self) -> bool:
         """True while this very process runs."""

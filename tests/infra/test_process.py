@@ -51,3 +51,30 @@ def test_a_reused_pid_is_a_stranger_and_is_not_signalled(tmp_path: Path, strange
     assert stranger.poll() is None, "the stranger was not signalled"
     assert f"pid {stranger.pid} is now another process (sleep 300)" in caplog.text
     assert ProcessRef.of(stranger.pid).cmdline == ["sleep", "300"]
+
+
+def test_a_process_that_execs_another_program_is_a_stranger(tmp_path: Path) -> None:
+    ours = process.start(["-c", "import os, time; time.sleep(0.3); os.execvp('sleep', ['sleep', '300'])"],
+                         tmp_path / "p.log")
+    try:
+        deadline = time.monotonic() + 10
+        while ours.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        now = ProcessRef.of(ours.pid)
+        assert now is not None and now.cmdline == ["sleep", "300"] and now.start_ticks == ours.start_ticks
+        assert ours.liveness() is Liveness.STRANGER
+    finally:
+        os.kill(ours.pid, 9)
+
+
+def test_a_process_exiting_without_its_command_line_yet_is_gone(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    # a killed process releases its memory (and /proc/<pid>/cmdline reads empty) before it becomes a zombie
+    ref = process.start(["-c", "import time; time.sleep(300)"], tmp_path / "p.log")
+    try:
+        exiting = ref.model_copy(update={"cmdline": []})
+        monkeypatch.setattr(ProcessRef, "of", classmethod(lambda cls, pid: exiting))
+        assert ref.liveness() is Liveness.GONE
+    finally:
+        monkeypatch.undo()
+        process.stop(ref)

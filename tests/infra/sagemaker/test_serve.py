@@ -126,7 +126,7 @@ def test_sigterm_drains_the_request_in_flight(served):
     (Runs last in this module: it stops the server.)"""
     proc, url, _, log = served
     rows = "".join(json.dumps({"messages": [{"role": "user", "content": f"Reverse: a b c d {i}"}], "max_tokens": 48,
-                               "min_tokens": 48}) + "\n" for i in range(60))
+                               "min_tokens": 48}) + "\n" for i in range(400))
     result: dict = {}
 
     def call() -> None:
@@ -136,12 +136,14 @@ def test_sigterm_drains_the_request_in_flight(served):
 
     caller = threading.Thread(target=call)
     caller.start()
-    time.sleep(0.5)  # the request is in flight
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{url}/health").json()["active_rows"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the request is generating
     sent = time.perf_counter()
     proc.send_signal(signal.SIGTERM)
     caller.join(60)
 
-    assert (result["status"], result["lines"]) == (200, 60)
+    assert (result["status"], result["lines"]) == (200, 400)
     assert result["done"] > sent, "the request finished before SIGTERM: make it longer"
     # uvicorn re-raises the signal once its graceful shutdown is done: the exit is "killed by SIGTERM", on time
     assert proc.wait(30) in (0, -signal.SIGTERM), log.read_text()[-2000:]
