@@ -47,16 +47,29 @@ def make_model(out: Path) -> Path:
     return out / "model"
 
 
-def onnx_model(out: Path, model_dir: Path, precision: str) -> Path:
-    """``out/onnx-<precision>``: the model's onnxruntime-genai build (k_quant int4 in blocks of 32), built once."""
+def onnx_model(out: Path, model_dir: Path, precision: str, algorithm: str = "k_quant", block_size: int = 32) -> Path:
+    """``out/onnx-<precision>``: the model's onnxruntime-genai build, built once.
+
+    int4 defaults to k_quant in blocks of 32; another ``algorithm`` or ``block_size`` gets its own folder
+    (``onnx-int4-<algorithm>-<block_size>``). ``algorithm="gptq"`` is the pipeline's Olive path
+    (``quantize.olive_gptq``): GPTQ calibrated on 64 rows of the demo train split, then the builder's int4.
+    """
     from tasks.config import QuantizeConfig
+    from tasks.quantize.olive import build_olive_gptq
     from tasks.quantize.onnx import build_onnx
     from tasks.records import ModelDir
 
-    folder = out / f"onnx-{precision}"
-    if not (folder / "genai_config.json").is_file():
-        build_onnx(ModelDir(path=str(model_dir), digest="bench"), precision,
-                   QuantizeConfig(int4_block_size=32, int4_algorithm="k_quant"), folder)
+    default = (algorithm, block_size) == ("k_quant", 32)
+    folder = out / (f"onnx-{precision}" if precision != "int4" or default
+                    else f"onnx-int4-{algorithm}-{block_size}")
+    built = sorted(folder.rglob("genai_config.json")) if folder.is_dir() else []
+    if built:
+        return built[0].parent
+    model = ModelDir(path=str(model_dir), digest="bench")
+    if algorithm == "gptq":
+        return Path(build_olive_gptq(model, str(out / "data" / "train.jsonl"),
+                                     QuantizeConfig(int4_block_size=block_size, olive_gptq=True), 96, folder).path)
+    build_onnx(model, precision, QuantizeConfig(int4_block_size=block_size, int4_algorithm=algorithm), folder)
     return folder
 
 

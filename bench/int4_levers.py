@@ -1,10 +1,12 @@
 """Build-time levers of the int4 ONNX build, side by side: block size, k_quant vs rtn, int8 lm_head.
 
 Each variant of bench/decode.py's SmolLM-135M-shaped Llama (random init) is built with the onnxruntime-genai
-builder through ``tasks.quantize.onnx.build_onnx`` (which reads back the block size and bits it asked for) and
-decoded in-process by onnxruntime-genai (``OnnxRunner``, same ``--threads``): decode tokens/s (median of
-``--repeats``), perplexity over 16 demo test conversations against the fp32 ONNX build's, and size. The
-builder's ``accuracy_level`` is read from the built model too (it is 4 on CPU by default: int8 activations).
+builder through ``tasks.quantize.onnx.build_onnx`` (which reads back the block size and bits it asked for), or
+with the pipeline's Olive GPTQ path (``quantize.olive_gptq``, calibrated on 64 demo train rows), and decoded
+in-process by onnxruntime-genai (``OnnxRunner``, same ``--threads``): decode tokens/s (median of ``--repeats``
+runs, which alternate between the variants), perplexity over 16 demo test conversations against the fp32 ONNX
+build's, and size. The builder's ``accuracy_level`` is read from the built model too (it is 4 on CPU by default:
+int8 activations).
 
     python bench/int4_levers.py [--new-tokens 64] [--repeats 5] [--threads N] [--out .slmops/bench]
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 from collections import Counter
 from pathlib import Path
@@ -26,7 +30,17 @@ VARIANTS = {  # label: (block size, algorithm); k_quant needs an even block coun
     "rtn, block 64": (64, "rtn"),
     "rtn, block 128": (128, "rtn"),
     "k_quant, block 32, int8 lm_head": (32, "k_quant_last"),
+    "Olive GPTQ, block 32": (32, "gptq"),
 }
+
+
+def perplexity(runner, texts: list[list[int]]) -> float:
+    """Perplexity of ``runner`` over ``texts`` (every token scored)."""
+    nll = count = 0
+    for ids in texts:
+        a, b = runner.nll(ids, ids)
+        nll, count = nll + a, count + b
+    return math.exp(nll / count)
 
 
 def main() -> None:
@@ -56,18 +70,29 @@ def main() -> None:
                                              add_generation_prompt=True), add_special_tokens=False)["input_ids"]
     fp32 = measure(OnnxRunner(str(onnx_model(args.out, model_dir, "fp32")), args.threads), prompt_ids, texts,
                    args.new_tokens, args.repeats)
-    rows = []
+    runners, rows = {}, []
     for label, (block, algorithm) in VARIANTS.items():
-        folder = args.out / "levers" / f"int4-{algorithm}-{block}"
-        if not (folder / "genai_config.json").is_file():
-            build_onnx(ModelDir(path=str(model_dir), digest="bench"), "int4",
-                       QuantizeConfig(int4_block_size=block, int4_algorithm=algorithm), folder)
+        if algorithm == "gptq":  # the pipeline's Olive path: GPTQ calibrated on 64 demo train rows, builder int4
+            folder = onnx_model(args.out, model_dir, "int4", "gptq", block)
+        else:
+            folder = args.out / "levers" / f"int4-{algorithm}-{block}"
+            if not (folder / "genai_config.json").is_file():
+                build_onnx(ModelDir(path=str(model_dir), digest="bench"), "int4",
+                           QuantizeConfig(int4_block_size=block, int4_algorithm=algorithm), folder)
         matmuls = quantized_matmuls(folder)
-        found = measure(OnnxRunner(str(folder), args.threads), prompt_ids, texts, args.new_tokens, args.repeats)
-        bits = Counter(m["bits"] for m in matmuls)
-        levels = sorted({m["accuracy_level"] for m in matmuls})
-        rows.append((label, found, disk_size(folder), dict(bits), levels))
-        print(f"measured {label}", file=sys.stderr)
+        runners[label] = OnnxRunner(str(folder), args.threads)
+        runners[label].generate(prompt_ids, 4, 4)  # warm-up
+        rows.append((label, disk_size(folder), dict(Counter(m["bits"] for m in matmuls)),
+                     sorted({m["accuracy_level"] for m in matmuls})))
+    # runs alternate between the variants, so a machine whose speed drifts between minutes slows all alike
+    speeds: dict[str, list[float]] = {label: [] for label in runners}
+    for _ in range(args.repeats):
+        for label, runner in runners.items():
+            run = runner.generate(prompt_ids, args.new_tokens, args.new_tokens)
+            speeds[label].append((len(run.tokens) - 1) / (run.total_s - run.ttft_s))
+    found = {label: {"decode_tokens_per_s": statistics.median(speeds[label]),
+                     "perplexity": perplexity(runner, texts)} for label, runner in runners.items()}
+    rows = [(label, found[label], size, bits, levels) for label, size, bits, levels in rows]
 
     print(f"\nSmolLM-135M shape (random init), {args.new_tokens} new tokens, median of {args.repeats}, "
           f"{args.threads} threads; fp32 ONNX: {fp32['decode_tokens_per_s']:.1f} tok/s, perplexity "

@@ -8,6 +8,7 @@ uses the same ``--threads`` (server ``--threads``, onnxruntime-genai intra-op th
 
     python bench/serve.py [--new-tokens 64] [--repeats 3] [--requests 4] [--probes 20] [--max-batch-size N]
                           [--scheduler continuous|batches] [--threads N (default: available cores)]
+                          [--int4-algorithm k_quant|rtn|k_quant_last|rtn_last|gptq] [--int4-block-size 32]
                           [--out .slmops/bench]
 
 Tables printed:
@@ -34,9 +35,11 @@ measurement, which the probes would otherwise disturb); unloaded TTFT is the sam
 In-process TTFTs are each runner's own (prompt prefill plus the first token), without HTTP or templating.
 
 Memory bandwidth is the best of 3 timed sums over a 512 MB float32 array split across ``--threads`` threads.
-Weight bytes read per token are the sizes of the int4 model's ``model.onnx`` + ``model.onnx.data`` and of the
-GGUF file. Both builds tie the embedding table to the output projection, which reads all of it every token, so
-the file size is a close estimate; the KV cache and activations are not counted.
+Weight bytes read per token are the sizes of the int4 model's ``model.onnx`` + ``model.onnx.data`` (less an
+embedding table that only a Gather reads: the Olive GPTQ build keeps one apart from lm_head, in fp32) and of the
+GGUF file. The builder's int4 and the GGUF tie the embedding table to the output projection, which reads all of
+it every token, so the file size is a close estimate; the KV cache and activations are not counted. (llama.cpp's
+Q4_0 keeps that tied table in Q8_0 here: 576 columns do not divide into Q6_K's blocks of 256.)
 """
 
 from __future__ import annotations
@@ -262,9 +265,27 @@ def read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 3) -> floa
 
 
 def onnx_weight_bytes(folder: Path) -> int:
-    """Bytes of an onnxruntime-genai build's graph and external weights (model.onnx + model.onnx.data)."""
+    """Bytes an onnxruntime-genai build reads per token: model.onnx + model.onnx.data, less untied embedding tables.
+
+    An initializer that only ``Gather`` nodes read is an embedding table of which a token reads one row: the
+    builder's k_quant/rtn int4 shares lm_head's weights with the embedding (``GatherBlockQuantized``), the Olive
+    GPTQ build keeps a separate fp32 table (113 MB for this model) that must not count as read.
+    """
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
     files = [folder / "model.onnx", folder / "model.onnx.data"]
-    return sum(f.stat().st_size for f in files if f.is_file())
+    total = sum(f.stat().st_size for f in files if f.is_file())
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    for init in graph.initializer:
+        if readers.get(init.name) == {"Gather"}:
+            external = {e.key: e.value for e in init.external_data}
+            total -= int(external["length"]) if uses_external_data(init) else len(init.raw_data)
+    return total
 
 
 # --- report -----------------------------------------------------------------------------------------------------
@@ -279,8 +300,8 @@ def print_single_stream(rows: list[PathSpeed], args: argparse.Namespace) -> None
     """Table 1: decode tokens/s and TTFT of every path."""
     base = next(r.decode_tokens_per_s for r in rows if "transformers" in r.label)
     llama = next((r.decode_tokens_per_s for r in rows if "llama.cpp" in r.label), None)
-    print(f"\nSmolLM-135M shape (random init), {args.new_tokens} new tokens, median of {args.repeats}, "
-          f"threads={args.threads}\n")
+    print(f"\nSmolLM-135M shape (random init), int4 build {args.int4_algorithm}/{args.int4_block_size}, "
+          f"{args.new_tokens} new tokens, median of {args.repeats}, threads={args.threads}\n")
     print("| path | decode tokens/s | vs transformers fp32 | vs llama.cpp Q4_0 | TTFT ms |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
@@ -333,13 +354,18 @@ def main() -> None:
                         help="Only the served rows and the load table (no in-process runtimes, no bandwidth).")
     parser.add_argument("--threads", type=int, default=available_cores(),
                         help="CPU threads of every runtime (default: the available cores).")
+    parser.add_argument("--int4-algorithm", default="k_quant",
+                        choices=["k_quant", "rtn", "k_quant_last", "rtn_last", "gptq"],
+                        help="int4 build's quantization (default k_quant; *_last: int8 lm_head, as the pipeline's "
+                             "quantize.int4_algorithm; gptq: the pipeline's Olive GPTQ path, quantize.olive_gptq).")
+    parser.add_argument("--int4-block-size", type=int, default=32, help="int4 build's block size (default 32).")
     parser.add_argument("--out", type=Path, default=Path(".slmops/bench"), help="Working folder.")
     args = parser.parse_args()
 
     from decode import gguf_models, make_model, onnx_model
 
     model_dir = make_model(args.out)
-    onnx = onnx_model(args.out, model_dir, "int4")
+    onnx = onnx_model(args.out, model_dir, "int4", args.int4_algorithm, args.int4_block_size)
     gguf = gguf_models(args.out, model_dir, ["Q4_0"])["Q4_0"] if importlib.util.find_spec("llama_cpp") else None
     if gguf is None:
         print("llama-cpp-python not installed: no llama.cpp row (pip install -e '.[gguf]')", file=sys.stderr)
