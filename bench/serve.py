@@ -6,14 +6,15 @@ Q4_0 build is decoded in-process by llama.cpp (llama-cpp-python); transformers f
 uses the same ``--threads`` (server ``--threads``, onnxruntime-genai intra-op threads, llama.cpp ``n_threads`` and
 ``n_threads_batch``, ``torch.set_num_threads``).
 
-    python bench/serve.py [--new-tokens 64] [--repeats 3] [--requests 4] [--probes 20] [--max-batch-size N]
+    python bench/serve.py [--new-tokens 64] [--repeats 5] [--requests 4] [--probes 20] [--max-batch-size N]
                           [--scheduler continuous|batches] [--threads N (default: available cores)]
                           [--int4-algorithm k_quant|rtn|k_quant_last|rtn_last|gptq] [--int4-block-size 32]
                           [--out .slmops/bench]
 
 Tables printed:
 
-1. Single-stream decode tokens/s and TTFT of each path, with ratios to transformers fp32 and llama.cpp Q4_0.
+1. Single-stream decode tokens/s and TTFT of each path, with ratios to transformers fp32 and llama.cpp Q4_0
+   (median of ``--repeats`` rounds; each round runs every path once, in turn, so drift slows all alike).
 2. Server aggregate completion tokens/s with 1, 4 and 16 concurrent clients, each sending ``--requests``
    fixed-length requests, and p50/p95 TTFT under each of those loads; then the unloaded TTFT and how much the
    p95 under 16 clients exceeds it.
@@ -46,12 +47,14 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import importlib.util
 import json
 import statistics
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -134,21 +137,23 @@ def probe_ttft(http: httpx.Client, url: str) -> float:
     return ttft
 
 
-def served_single_stream(url: str, new_tokens: int, repeats: int) -> PathSpeed:
-    """Median decode tokens/s and TTFT of one client: each repeat is a TTFT probe, then a ``new_tokens`` request.
+def served_run(http: httpx.Client, url: str, new_tokens: int) -> tuple[float, float]:
+    """Decode tokens/s and TTFT of one client: a TTFT probe, then a ``new_tokens`` request.
 
     Decode rate: the tokens after the first over the fixed-length request's time minus the probe's TTFT.
     """
-    with httpx.Client(timeout=600) as http:
-        probe_ttft(http, url)  # warm-up
-        completion(http, url, 4)
-        runs = []
-        for _ in range(repeats):
-            ttft = probe_ttft(http, url)
-            tokens, total = completion(http, url, new_tokens)
-            runs.append(((tokens - 1) / (total - ttft), ttft))
-    return PathSpeed("served over HTTP (one client), int4", statistics.median(r[0] for r in runs),
-                     statistics.median(r[1] for r in runs))
+    ttft = probe_ttft(http, url)
+    tokens, total = completion(http, url, new_tokens)
+    return (tokens - 1) / (total - ttft), ttft
+
+
+def warm_server(http: httpx.Client, url: str) -> None:
+    """One probe and one short request, so no timed run pays for first-use costs."""
+    probe_ttft(http, url)
+    completion(http, url, 4)
+
+
+SERVED = "served over HTTP (one client), int4"
 
 
 def throughput(url: str, new_tokens: int, clients: int, requests: int) -> float:
@@ -195,8 +200,9 @@ def ttfts_under_load(url: str, new_tokens: int, clients: int, probes: int) -> li
     return ttfts
 
 
-def measure_server(onnx: Path, args: argparse.Namespace) -> tuple[PathSpeed, list[float], list[LoadResult]]:
-    """Start the server on the int4 build; its single-stream speed, unloaded probe TTFTs and each load's results."""
+@contextlib.contextmanager
+def running_server(onnx: Path, args: argparse.Namespace) -> Iterator[str]:
+    """Our server on the int4 build, on a free 127.0.0.1 port, for the ``with`` block; yields its URL."""
     from infra import process
 
     port = process.free_port()
@@ -210,28 +216,30 @@ def measure_server(onnx: Path, args: argparse.Namespace) -> tuple[PathSpeed, lis
     url = f"http://127.0.0.1:{port}"
     try:
         process.wait_healthy(f"{url}/ping", pid, log, 300)
-        single = served_single_stream(url, args.new_tokens, args.repeats)
-        unloaded = ttfts_under_load(url, args.new_tokens, 0, args.probes)
-        loads = [LoadResult(c, throughput(url, args.new_tokens, c, args.requests),
-                            ttfts_under_load(url, args.new_tokens, c, args.probes)) for c in CLIENT_LOADS]
+        yield url
     finally:
         process.stop(pid)
-    return single, unloaded, loads
+
+
+def measure_loads(url: str, args: argparse.Namespace) -> tuple[list[float], list[LoadResult]]:
+    """Unloaded probe TTFTs, then each client load's throughput and probe TTFTs."""
+    unloaded = ttfts_under_load(url, args.new_tokens, 0, args.probes)
+    return unloaded, [LoadResult(c, throughput(url, args.new_tokens, c, args.requests),
+                                 ttfts_under_load(url, args.new_tokens, c, args.probes)) for c in CLIENT_LOADS]
 
 
 # --- in-process runtimes ----------------------------------------------------------------------------------------
 
 
-def in_process_speed(label: str, runner: Runner, prompt_ids: list[int], new_tokens: int, repeats: int) -> PathSpeed:
-    """Median decode tokens/s (tokens after the first over the time after it) and TTFT of a runner."""
-    runner.generate(prompt_ids, 4, 4)  # warm-up
-    runs = [runner.generate(prompt_ids, new_tokens, new_tokens) for _ in range(repeats)]
-    return PathSpeed(label, statistics.median((len(r.tokens) - 1) / (r.total_s - r.ttft_s) for r in runs),
-                     statistics.median(r.ttft_s for r in runs))
+def single_streams(url: str, model_dir: Path, onnx: Path, gguf: Path | None,
+                   args: argparse.Namespace) -> list[PathSpeed]:
+    """Single-stream decode tokens/s and TTFT of every path: the server at ``url``, then
+    onnxruntime-genai int4, llama.cpp Q4_0 (when ``gguf``) and transformers fp32 in-process (not with
+    ``--server-only``).
 
-
-def measure_in_process(model_dir: Path, onnx: Path, gguf: Path | None, args: argparse.Namespace) -> list[PathSpeed]:
-    """onnxruntime-genai int4, llama.cpp Q4_0 (when ``gguf``) and transformers fp32, one runner loaded at a time."""
+    Every runner is loaded and warmed first; then each of ``--repeats`` rounds runs every path once, in turn, so
+    a machine whose speed drifts between minutes slows all paths alike (medians per path).
+    """
     import torch
 
     from tasks.evaluate.runners import GgufRunner, HfRunner, OnnxRunner
@@ -241,14 +249,24 @@ def measure_in_process(model_dir: Path, onnx: Path, gguf: Path | None, args: arg
     tok = load_tokenizer(str(model_dir))
     prompt = tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True)
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    makers = [("in-process onnxruntime-genai, int4", lambda: OnnxRunner(str(onnx), args.threads))]
-    if gguf:
-        makers.append(("in-process llama.cpp Q4_0", lambda: GgufRunner(str(gguf), args.threads)))
-    makers.append(("in-process transformers fp32", lambda: HfRunner(str(model_dir))))
-    return [in_process_speed(label, make(), ids, args.new_tokens, args.repeats) for label, make in makers]
-
-
-# --- memory bandwidth -------------------------------------------------------------------------------------------
+    runners: dict[str, Runner] = {}
+    if not args.server_only:
+        runners["in-process onnxruntime-genai, int4"] = OnnxRunner(str(onnx), args.threads)
+        if gguf:
+            runners["in-process llama.cpp Q4_0"] = GgufRunner(str(gguf), args.threads)
+        runners["in-process transformers fp32"] = HfRunner(str(model_dir))
+    runs: dict[str, list[tuple[float, float]]] = {label: [] for label in [SERVED, *runners]}
+    with httpx.Client(timeout=600) as http:
+        warm_server(http, url)
+        for runner in runners.values():
+            runner.generate(ids, 4, 4)
+        for _ in range(args.repeats):
+            runs[SERVED].append(served_run(http, url, args.new_tokens))
+            for label, runner in runners.items():
+                r = runner.generate(ids, args.new_tokens, args.new_tokens)
+                runs[label].append(((len(r.tokens) - 1) / (r.total_s - r.ttft_s), r.ttft_s))
+    return [PathSpeed(label, statistics.median(r[0] for r in found), statistics.median(r[1] for r in found))
+            for label, found in runs.items()]
 
 
 def read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 3) -> float:
@@ -341,7 +359,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=64, help="Tokens per timed request (default 64).")
-    parser.add_argument("--repeats", type=int, default=3, help="Timed single-stream runs per path (default 3).")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="Rounds of timed single-stream runs, every path once per round (default 5).")
     parser.add_argument("--requests", type=int, default=4, help="Requests per client in the throughput runs.")
     parser.add_argument("--probes", type=int, default=20, help="TTFT probes per load level (default 20).")
     parser.add_argument("--max-batch-size", type=int, default=None,
@@ -370,12 +389,14 @@ def main() -> None:
     if gguf is None:
         print("llama-cpp-python not installed: no llama.cpp row (pip install -e '.[gguf]')", file=sys.stderr)
 
-    served, unloaded, loads = measure_server(onnx, args)
+    with running_server(onnx, args) as url:
+        rows = single_streams(url, model_dir, onnx, gguf, args)
+        unloaded, loads = measure_loads(url, args)
+    served = rows[0]
     if args.server_only:
         print(f"served single stream: {served.decode_tokens_per_s:.1f} tokens/s, TTFT {1000 * served.ttft_s:.1f} ms")
         print_loads(loads, unloaded, args)
         return
-    rows = [served, *measure_in_process(model_dir, onnx, gguf, args)]
     bandwidth = read_bandwidth(args.threads)
 
     print_single_stream(rows, args)
