@@ -15,7 +15,7 @@ from pathlib import Path
 from tasks.config import QuantizeConfig
 from tasks.errors import QuantizeError
 from tasks.quantize.downloads import pinned_pip
-from tasks.quantize.onnx import onnx_artifact
+from tasks.quantize.onnx import onnx_artifact, quantized_matmuls
 from tasks.quantize.tools import last_error, run_tool
 from tasks.records import Artifact, ModelDir
 from tasks.settings import get_settings
@@ -62,7 +62,8 @@ def workflow(model: ModelDir, calibration: str, cfg: QuantizeConfig, max_length:
 
 def build_olive_gptq(model: ModelDir, calibration: str, cfg: QuantizeConfig, max_length: int,
                      out: Path) -> Artifact:
-    """Run the Olive workflow and check that it really produced a model (Olive exits 0 when a pass failed).
+    """Run the Olive workflow and check that it really produced a model (Olive exits 0 when a pass failed) with
+    int4 MatMuls in the asked block size (read from the built model).
 
     Calibration rows longer than ``max_length`` (``data.max_length``) fail the run instead of being cut.
     """
@@ -78,4 +79,8 @@ def build_olive_gptq(model: ModelDir, calibration: str, cfg: QuantizeConfig, max
         log_file = out.parent / "olive.log"
         raise QuantizeError(f"Olive exited 0 but wrote no model under {out} (a pass failed): "
                             f"{last_error(log_file)} (full log: {log_file})")
+    built = {(n["bits"], n["block_size"]) for n in quantized_matmuls(found[0].parent)}
+    if built != {(4, cfg.int4_block_size)}:
+        raise QuantizeError(f"olive-gptq-int4: asked for int4 in blocks of {cfg.int4_block_size}, Olive wrote "
+                            f"MatMulNBits (bits, block size) {sorted(built) or 'none'}")
     return onnx_artifact("olive-gptq-int4", found[0].parent)

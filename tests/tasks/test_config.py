@@ -55,9 +55,13 @@ def test_demo_config_loads_and_overrides_apply(config_file: Path) -> None:
         (["gate.vs_champion=[accuracy]"], "gate.vs_champion: Value error, unknown metric(s) ['accuracy']"),
         (["quantize.served=onnx-int8", "quantize.onnx=[int4]"],
          "quantize: Value error, served 'onnx-int8' is not an ONNX artifact this config builds; built and "
-         "servable: ['onnx-int4']"),
+         "servable: ['onnx-int4', 'olive-gptq-int4']"),
+        # the demo serves the Olive GPTQ build: switching Olive off without choosing another is refused
+        (["quantize.olive_gptq=false"],
+         "served 'olive-gptq-int4' is not an ONNX artifact this config builds; built and servable: "
+         "['onnx-int4', 'onnx-int8', 'onnx-fp32']"),
         (["quantize.served=gguf-Q4_0", "quantize.gguf=[Q4_0]"], "served 'gguf-Q4_0' is not an ONNX artifact"),
-        (["quantize.onnx=[]"], "built and servable: none (quantize.onnx is empty)"),
+        (["quantize.onnx=[]", "quantize.olive_gptq=false"], "built and servable: none (quantize.onnx is empty)"),
         (["quantize.adapter_only=true", "finetune.enabled=false"],
          "quantize.adapter_only registers the LoRA fine-tune alone as '<name>-lora': it needs finetune.enabled"),
     ],

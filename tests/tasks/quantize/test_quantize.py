@@ -15,7 +15,7 @@ from tasks.errors import ConfigError, QuantizeError
 from tasks.evaluate.runners import HfRunner, OnnxRunner
 from tasks.inputs import describe_model
 from tasks.modeling import load_tokenizer
-from tasks.quantize.onnx import build_onnx
+from tasks.quantize.onnx import build_onnx, quantized_matmuls
 
 CFG = QuantizeConfig(int4_block_size=16, olive_calibration_samples=16)
 
@@ -57,8 +57,6 @@ def test_onnx_fp32_matches_transformers_and_int_precisions_stay_close(onnx_model
 
 
 def test_int4_settings_take_effect_in_the_built_model(onnx_models, teacher, tmp_path: Path) -> None:
-    from tasks.quantize.onnx import quantized_matmuls
-
     # the builder silently ignores option names it does not know: read what it really wrote
     assert {(m["bits"], m["block_size"]) for m in quantized_matmuls(onnx_models["int4"].path)} == {(4, 16)}
     wide = build_onnx(teacher, "int4", QuantizeConfig(int4_block_size=128, int4_algorithm="rtn"), tmp_path / "b128")
@@ -93,6 +91,8 @@ def test_olive_gptq_yields_a_model_that_loads_and_generates(teacher, tiny_assets
     from tasks.quantize.olive import build_olive_gptq
 
     artifact = build_olive_gptq(teacher, str(tiny_assets / "data" / "train.jsonl"), CFG, 96, tmp_path / "olive")
+    # the GPTQ group size reached the built model: every MatMul is int4 in blocks of 16 (read back)
+    assert {(m["bits"], m["block_size"]) for m in quantized_matmuls(Path(artifact.path))} == {(4, 16)}
     runner = OnnxRunner(artifact.path)
     tok, data = examples
     conv = read_prepared(str(tiny_assets / "data" / "test.jsonl"))[0]
