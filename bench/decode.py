@@ -90,12 +90,17 @@ def measure(runner, prompt: list[int], texts: list[list[int]], new_tokens: int, 
     runner.generate(prompt, 4, 4)  # warm-up
     runs = [runner.generate(prompt, new_tokens, new_tokens) for _ in range(repeats)]
     decode = statistics.median((len(r.tokens) - 1) / (r.total_s - r.ttft_s) for r in runs)
+    return {"decode_tokens_per_s": decode, "ttft_ms": 1000 * statistics.median(r.ttft_s for r in runs),
+            "perplexity": perplexity(runner, texts)}
+
+
+def perplexity(runner, texts: list[list[int]]) -> float:
+    """Perplexity of ``runner`` over ``texts`` (every token scored)."""
     nll = count = 0
     for ids in texts:
         a, b = runner.nll(ids, ids)
         nll, count = nll + a, count + b
-    return {"decode_tokens_per_s": decode, "ttft_ms": 1000 * statistics.median(r.ttft_s for r in runs),
-            "perplexity": math.exp(nll / count)}
+    return math.exp(nll / count)
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from collections import Counter
@@ -34,25 +33,14 @@ VARIANTS = {  # label: (block size, algorithm); k_quant needs an even block coun
 }
 
 
-def perplexity(runner, texts: list[list[int]]) -> float:
-    """Perplexity of ``runner`` over ``texts`` (every token scored)."""
-    nll = count = 0
-    for ids in texts:
-        a, b = runner.nll(ids, ids)
-        nll, count = nll + a, count + b
-    return math.exp(nll / count)
-
-
 def main() -> None:
-    from decode import make_model, measure, onnx_model
+    from decode import make_model, measure, onnx_model, perplexity
 
-    from tasks.config import QuantizeConfig
     from tasks.decoding import available_cores
     from tasks.evaluate.runners import OnnxRunner
     from tasks.modeling import load_tokenizer
-    from tasks.quantize.onnx import build_onnx, quantized_matmuls
+    from tasks.quantize.onnx import quantized_matmuls
     from tasks.quantize.tools import disk_size
-    from tasks.records import ModelDir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=64, help="Tokens generated per run (default 64).")
@@ -72,13 +60,7 @@ def main() -> None:
                    args.new_tokens, args.repeats)
     runners, rows = {}, []
     for label, (block, algorithm) in VARIANTS.items():
-        if algorithm == "gptq":  # the pipeline's Olive path: GPTQ calibrated on 64 demo train rows, builder int4
-            folder = onnx_model(args.out, model_dir, "int4", "gptq", block)
-        else:
-            folder = args.out / "levers" / f"int4-{algorithm}-{block}"
-            if not (folder / "genai_config.json").is_file():
-                build_onnx(ModelDir(path=str(model_dir), digest="bench"), "int4",
-                           QuantizeConfig(int4_block_size=block, int4_algorithm=algorithm), folder)
+        folder = onnx_model(args.out, model_dir, "int4", algorithm, block)  # gptq: the pipeline's Olive path
         matmuls = quantized_matmuls(folder)
         runners[label] = OnnxRunner(str(folder), args.threads)
         runners[label].generate(prompt_ids, 4, 4)  # warm-up

@@ -228,7 +228,7 @@ def measure_loads(url: str, args: argparse.Namespace) -> tuple[list[float], list
                                  ttfts_under_load(url, args.new_tokens, c, args.probes)) for c in CLIENT_LOADS]
 
 
-# --- in-process runtimes ----------------------------------------------------------------------------------------
+# --- single streams: served and in-process, in alternating rounds ----------------------------------------------
 
 
 def single_streams(url: str, model_dir: Path, onnx: Path, gguf: Path | None,
@@ -267,6 +267,9 @@ def single_streams(url: str, model_dir: Path, onnx: Path, gguf: Path | None,
                 runs[label].append(((len(r.tokens) - 1) / (r.total_s - r.ttft_s), r.ttft_s))
     return [PathSpeed(label, statistics.median(r[0] for r in found), statistics.median(r[1] for r in found))
             for label, found in runs.items()]
+
+
+# --- memory bandwidth -------------------------------------------------------------------------------------------
 
 
 def read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 3) -> float:
