@@ -93,7 +93,7 @@ class SlotBatch:
         """Prefill ``requests`` (no more than ``free``) into the next free slots and emit each one's first token.
 
         Prompts are prefilled together in groups of at most ``PREFILL_TOKENS`` padded positions (or one prompt):
-        a prefill returns the logits of every position, so the group size bounds that buffer.
+        the group size bounds the activations and key/value outputs of one prefill run.
         """
         for group in prefill_groups(requests, PREFILL_TOKENS):
             slots = [_Slot(self.runner.new_row(r), np.random.default_rng(None if r.sampling.seed is None

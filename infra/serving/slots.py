@@ -7,6 +7,9 @@ context length, head size]``, whose first ``n`` slots are the live rows. Each de
 both past and present (onnxruntime's shared-buffer path writes the new key and value in place). A new row is
 prefilled alone and copied into the next free slot; a row that leaves is replaced by the last one. So rows join and
 leave between steps, and one step costs what a static batch of the same rows costs.
+
+The decoder is loaded with one change to its graph (``last_position_logits``): lm_head projects only the position
+each row needs, not every position of a prompt, so a prefill computes and returns one row of logits per prompt.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from typing import Any
 import numpy as np
 
 from infra.serving.lora_rows import ROWS_INPUT, LoraRoutingError, LoraRows, route_rows
+
+LAST_INPUT = "slmops_last_positions"  # per row: the flat index (row × width + position) whose logits lm_head makes
+LM_HEAD_OPS = {"MatMul", "MatMulNBits", "Gemm"}
 
 ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
               "tensor(int32)": np.int32}
@@ -82,6 +88,39 @@ def check_slots(layout: DecoderLayout) -> None:
         raise SlotsUnsupported(f"{layout.file.name} has no output {layout.names['logits']!r}")
 
 
+def last_position_logits(model: Any, logits: str) -> bool:
+    """Make ``model`` (an ``onnx.ModelProto``, changed in place) project to its output ``logits`` one position per
+    row: the position ``LAST_INPUT`` names for each row, as a flat index into the ``[batch × sequence]`` hidden
+    states.
+
+    A prefill otherwise runs lm_head over every prompt position and returns ``[rows, width, vocab]`` logits (a
+    2048-position prompt of a 49k vocabulary: 400 MB) of which only the last of each row is used. The lm_head is
+    the MatMul that the logits come from (through at most a Cast); its input is flattened to ``[batch × sequence,
+    hidden]``, gathered at ``LAST_INPUT`` and given back its sequence axis of one. False (unchanged) when no such
+    MatMul feeds the logits.
+    """
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    producers = {output: node for node in graph.node for output in node.output}
+    head = producers.get(logits)
+    if head is not None and head.op_type == "Cast":
+        head = producers.get(head.input[0])
+    if head is None or head.op_type not in LM_HEAD_OPS:
+        return False
+    hidden, p = head.input[0], f"{LAST_INPUT}/"
+    nodes = [helper.make_node("Flatten", [hidden], [p + "flat"], axis=2, name=p + "Flatten"),
+             helper.make_node("Gather", [p + "flat", LAST_INPUT], [p + "rows"], axis=0, name=p + "Gather"),
+             helper.make_node("Unsqueeze", [p + "rows", p + "axis"], [p + "out"], name=p + "Unsqueeze")]
+    graph.initializer.append(helper.make_tensor(p + "axis", TensorProto.INT64, [1], [1]))
+    graph.input.append(helper.make_tensor_value_info(LAST_INPUT, TensorProto.INT64, ["batch_size"]))
+    head.input[0] = p + "out"
+    at = list(graph.node).index(head)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(at + offset, node)
+    return True
+
+
 class SlotCache:
     """One KV cache per layer with ``slots`` rows of the whole context window; ``lengths[i]`` tokens are in slot i.
 
@@ -136,9 +175,9 @@ class SlotDecoder:
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.log_severity_level = 3
         self.lora: LoraRows | None = None
+        model, shapes, self.last_only = self._graph(options, bool(adapters))
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         if adapters:
-            model, shapes = self._routed(options)
-            self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
             # each adapter's weights, fed as the inputs they override (onnxruntime 1.31 applies an adapter
             # activated through RunOptions only in part when the run uses an IOBinding)
             files = {name: ort.AdapterFormat.read_adapter(str(file)) for name, file in adapters.items()}
@@ -148,8 +187,6 @@ class SlotDecoder:
             rows_type = ONNX_TYPES[{i.name: i.type for i in self.session.get_inputs()}[ROWS_INPUT]]
             self.lora = LoraRows(shapes, weights, rows_type)
             del files, values, weights
-        else:
-            self.session = ort.InferenceSession(str(self.layout.file), options, providers=["CPUExecutionProvider"])
         types = {i.name: i.type for i in self.session.get_inputs()}
         self.id_type = ONNX_TYPES[types[self.layout.names["input_ids"]]]
         self.mask_type = ONNX_TYPES[types[self.layout.names["attention_mask"]]]
@@ -158,18 +195,23 @@ class SlotDecoder:
         self.logits_type = ONNX_TYPES[outputs[self.layout.names["logits"]]]
         self.positions = self.layout.names["position_ids"] in types
 
-    def _routed(self, options: Any) -> tuple[bytes, dict[str, tuple[int, ...]]]:
-        """The decoder graph with the per-row LoRA mask, serialized (its weights stay in their files beside it)."""
+    def _graph(self, options: Any, lora: bool) -> tuple[bytes, dict[str, tuple[int, ...]], bool]:
+        """The decoder graph, serialized (its weights stay in their files beside it): with logits of one position
+        per row (``last_position_logits``) and, with ``lora``, the per-row LoRA mask; the LoRA inputs' default
+        shapes; whether the logits are one position's."""
         import onnx
 
         model = onnx.load(str(self.layout.file), load_external_data=False)
-        try:
-            shapes = route_rows(model)
-        except LoraRoutingError as exc:
-            raise SlotsUnsupported(f"{self.layout.file.name}: {exc}") from exc
+        shapes: dict[str, tuple[int, ...]] = {}
+        if lora:
+            try:
+                shapes = route_rows(model)
+            except LoraRoutingError as exc:
+                raise SlotsUnsupported(f"{self.layout.file.name}: {exc}") from exc
+        last_only = last_position_logits(model, self.layout.names["logits"])
         options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                          str(self.layout.file.parent))
-        return model.SerializeToString(), shapes
+        return model.SerializeToString(), shapes, last_only
 
     def cache(self, slots: int) -> SlotCache:
         """An empty cache of ``slots`` rows for this decoder."""
@@ -192,6 +234,8 @@ class SlotDecoder:
             rows = list(adapters or [None] * len(prompts))
             active = self.lora.active(rows)
             feeds |= self.lora.feeds(active) | {ROWS_INPUT: self.lora.mask(rows, active)}
+        if self.last_only:
+            feeds[LAST_INPUT] = np.array([i * width + len(p) - 1 for i, p in enumerate(prompts)], np.int64)
         empty = np.zeros((len(prompts), self.layout.kv_heads, 0, self.layout.head_size), self.cache_type)
         outputs = [names["logits"]]
         for layer in range(self.layout.layers):
@@ -200,7 +244,7 @@ class SlotDecoder:
         logits, *presents = self.session.run(outputs, feeds)
         for i, prompt in enumerate(prompts):
             cache.put(slot + i, [present[i : i + 1, :, : len(prompt)] for present in presents])
-        return [logits[i, len(prompt) - 1] for i, prompt in enumerate(prompts)]
+        return [logits[i, 0 if self.last_only else len(prompt) - 1] for i, prompt in enumerate(prompts)]
 
     def decode(self, cache: SlotCache, tokens: np.ndarray, adapters: Sequence[str | None] | None = None
                ) -> np.ndarray:
@@ -232,6 +276,8 @@ class SlotDecoder:
         next steps like it): each layer's cache as both past and present, the logits buffer, the LoRA weights."""
         layout = self.layout
         binding = self.session.io_binding()
+        if self.last_only:  # one position per row: row i's is flat index i
+            binding.bind_ortvalue_input(LAST_INPUT, self.ort.OrtValue.ortvalue_from_numpy(np.arange(n, dtype=np.int64)))
         if self.lora:
             for name, value in self.lora.feeds(active).items():  # weights override initializers: OrtValues
                 binding.bind_ortvalue_input(name, self.ort.OrtValue.ortvalue_from_numpy(value))

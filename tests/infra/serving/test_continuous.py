@@ -173,3 +173,66 @@ def test_a_decoder_without_group_query_attention_is_refused_by_name(random_onnx:
     # then asking for the continuous scheduler fails with the reason, before any request
     with pytest.raises(ValueError, match="scheduler 'continuous' cannot serve .*no GroupQueryAttention"):
         Engine(folder, EngineConfig(scheduler="continuous"))
+
+
+def test_a_prefill_projects_only_each_prompts_last_position_yet_gets_the_unchanged_decoders_logits(
+        tiny_onnx: Path) -> None:
+    import onnxruntime as ort
+
+    from infra.serving.slots import LAST_INPUT, SlotDecoder
+
+    # given the slot decoder (lm_head fed one position per row) and the build's own decoder, unchanged
+    decoder = SlotDecoder(tiny_onnx, 2)
+    assert decoder.last_only and LAST_INPUT in {i.name for i in decoder.session.get_inputs()}
+    layout = decoder.layout
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+    ids = np.zeros((3, 7), decoder.id_type)
+    mask = np.zeros((3, 7), decoder.mask_type)
+    for i, prompt in enumerate(prompts):
+        ids[i, : len(prompt)], mask[i, : len(prompt)] = prompt, 1
+    feeds = {layout.names["input_ids"]: ids, layout.names["attention_mask"]: mask}
+    if decoder.positions:
+        feeds[layout.names["position_ids"]] = np.broadcast_to(np.arange(7, dtype=decoder.id_type), ids.shape)
+    empty = np.zeros((3, layout.kv_heads, 0, layout.head_size), decoder.cache_type)
+    for layer in range(layout.layers):
+        feeds |= dict.fromkeys(layout.past(layer), empty)
+    full = ort.InferenceSession(str(layout.file), providers=["CPUExecutionProvider"]).run(
+        [layout.names["logits"]], feeds)[0]
+    # when the three prompts are prefilled together
+    logits = decoder.prefill(decoder.cache(3), 0, prompts)
+    # then each gets the unchanged decoder's logits at its own last position (of 7 computed there)
+    assert full.shape[:2] == (3, 7)
+    for i, prompt in enumerate(prompts):
+        np.testing.assert_allclose(logits[i], full[i, len(prompt) - 1], atol=1e-5)
+
+
+def test_last_position_logits_gathers_the_named_rows_and_leaves_a_graph_without_an_lm_head_matmul_alone() -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from infra.serving.slots import LAST_INPUT, last_position_logits
+
+    def graph(last: str) -> onnx.ModelProto:
+        nodes = [helper.make_node("MatMul", ["hidden", "w"], ["projected"]),
+                 helper.make_node(last, ["projected"], ["logits"], **({"to": TensorProto.FLOAT} if last == "Cast"
+                                                                      else {}))]
+        w = helper.make_tensor("w", TensorProto.FLOAT, [4, 6], np.arange(24, dtype=np.float32).tolist())
+        return helper.make_model(helper.make_graph(
+            nodes, "head", [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["b", "s", 4])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", "s", 6])], [w]),
+            opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+    hidden = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    full = hidden @ np.arange(24, dtype=np.float32).reshape(4, 6)
+    # given an lm_head MatMul whose output is cast to the logits: row 0 wants position 1, row 1 position 2
+    model = graph("Cast")
+    assert last_position_logits(model, "logits")
+    run = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run
+    out = run(["logits"], {"hidden": hidden, LAST_INPUT: np.array([0 * 3 + 1, 1 * 3 + 2])})[0]
+    np.testing.assert_allclose(out, full[[0, 1], [1, 2]][:, None], rtol=1e-5)
+    # and a graph whose logits come from something else than a MatMul (or a Cast of one) is left as it was
+    other = graph("Relu")
+    before = other.SerializeToString()
+    assert not last_position_logits(other, "logits")
+    assert other.SerializeToString() == before
