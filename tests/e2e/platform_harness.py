@@ -132,13 +132,23 @@ def served_version(port: int) -> str | None:
 
 
 def wait_for(predicate, timeout_s: float = 180, what: str = "condition") -> None:
-    """Poll ``predicate`` until true or fail naming ``what``."""
+    """Poll ``predicate`` until true or fail naming ``what``.
+
+    A poll that gets no answer (``httpx.TransportError``: a timeout or a refused connection) counts as "not yet":
+    on two cores busy training, one API call can wait longer than its own timeout while the run is healthy. The
+    last such error is named when the overall deadline passes.
+    """
     deadline = time.monotonic() + timeout_s
+    unanswered: list[str] = []
     while time.monotonic() < deadline:
-        if predicate():
-            return
+        try:
+            if predicate():
+                return
+        except httpx.TransportError as exc:
+            unanswered.append(f"{type(exc).__name__}: {exc}")
         time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+    last = f" ({len(unanswered)} polls got no answer, the last: {unanswered[-1]})" if unanswered else ""
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{last}")
 
 
 def none_running(state: PlatformState) -> bool:
