@@ -7,7 +7,8 @@ uses the same ``--threads`` (server ``--threads``, onnxruntime-genai intra-op th
 ``n_threads_batch``, ``torch.set_num_threads``).
 
     python bench/serve.py [--new-tokens 64] [--repeats 5] [--requests 4] [--probes 20] [--max-batch-size N]
-                          [--scheduler continuous|batches] [--threads N (default: available cores)]
+                          [--scheduler continuous|batches] [--int8-steps auto|on|off]
+                          [--threads N (default: available cores)]
                           [--int4-algorithm k_quant|rtn|k_quant_last|rtn_last|gptq] [--int4-block-size 32]
                           [--out .slmops/bench]
 
@@ -209,10 +210,12 @@ def running_server(onnx: Path, args: argparse.Namespace) -> Iterator[str]:
     log = args.out / "serve-bench.log"
     running = ["--max-running-batches", str(args.max_running_batches)] if args.max_running_batches else []
     running += ["--scheduler", args.scheduler] if args.scheduler else []
+    running += ["--int8-steps", args.int8_steps] if args.int8_steps else []
     pid = process.start(["-m", "infra.serving", str(onnx), "--name", "bench", "--port", str(port),
                          *(["--max-batch-size", str(args.max_batch_size)] if args.max_batch_size else []),
                          "--max-queue", "256",
                          "--threads", str(args.threads), *running], log)
+    print(f"server log: {log}", file=sys.stderr)
     url = f"http://127.0.0.1:{port}"
     try:
         process.wait_healthy(f"{url}/ping", pid, log, 300)
@@ -332,7 +335,8 @@ def print_single_stream(rows: list[PathSpeed], args: argparse.Namespace) -> None
 
 def print_loads(loads: list[LoadResult], unloaded: list[float], args: argparse.Namespace) -> None:
     """Table 2: aggregate throughput and probe TTFT percentiles per load, then the unloaded TTFT."""
-    print(f"\nServer under load (int4, scheduler {args.scheduler or 'default'}, max batch "
+    print(f"\nServer under load (int4, scheduler {args.scheduler or 'default'}, int8 steps "
+          f"{args.int8_steps or 'default'}, max batch "
           f"{args.max_batch_size or 'default'}, threads={args.threads}): throughput from "
           f"{args.requests} requests per client of {args.new_tokens} tokens; TTFT from {args.probes} one-token "
           f"probes while the clients keep requests in flight\n")
@@ -372,6 +376,8 @@ def main() -> None:
                         help="Server batches decoded in turn (default: the server's default).")
     parser.add_argument("--scheduler", choices=["continuous", "batches"], default=None,
                         help="Server scheduler (default: the server's default, continuous for these builds).")
+    parser.add_argument("--int8-steps", choices=["auto", "on", "off"], default=None,
+                        help="Server int8 steps for many rows (default: the server's default, auto).")
     parser.add_argument("--server-only", action="store_true",
                         help="Only the served rows and the load table (no in-process runtimes, no bandwidth).")
     parser.add_argument("--threads", type=int, default=available_cores(),

@@ -10,6 +10,8 @@ leave between steps, and one step costs what a static batch of the same rows cos
 
 The decoder is loaded with one change to its graph (``last_position_logits``): lm_head projects only the position
 each row needs, not every position of a prompt, so a prefill computes and returns one row of logits per prompt.
+With ``int8`` on, steps of many rows (and the prefills that join them) run on a second session whose MatMuls take
+int8 weights made from the int4 ones (infra/serving/int8_rows.py), bound to the same cache slots.
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from infra.serving.int8_rows import Int8Unsupported, int8_matmuls
 from infra.serving.lora_rows import ROWS_INPUT, LoraRoutingError, LoraRows, route_rows
 
 LAST_INPUT = "slmops_last_positions"  # per row: the flat index (row × width + position) whose logits lm_head makes
 LM_HEAD_OPS = {"MatMul", "MatMulNBits", "Gemm"}
+
+CALIBRATION_ROWS = (2, 4, 8, 16)  # row counts ``int8="auto"`` times on both paths
+CALIBRATION_MARGIN = 0.9  # the int8 path is taken where its step takes at most this share of the int4 step's
 
 ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
               "tensor(int32)": np.int32}
@@ -121,6 +127,15 @@ def last_position_logits(model: Any, logits: str) -> bool:
     return True
 
 
+def int8_threshold(timings: dict[int, Sequence[float]]) -> int | None:
+    """The smallest row count from which the int8 path wins: its step takes at most ``CALIBRATION_MARGIN`` of the
+    int4 step's there and at every larger row count timed (``timings``: rows → (int4 seconds, int8 seconds));
+    None where no such count exists."""
+    rows = sorted(timings)
+    wins = {n: timings[n][1] <= CALIBRATION_MARGIN * timings[n][0] for n in rows}
+    return next((n for n in rows if all(wins[m] for m in rows if m >= n)), None)
+
+
 class SlotCache:
     """One KV cache per layer with ``slots`` rows of the whole context window; ``lengths[i]`` tokens are in slot i.
 
@@ -140,7 +155,7 @@ class SlotCache:
         self.lengths = np.zeros(slots, np.int64)
         self.slots = slots
         self.logits = np.zeros((slots, 1, layout.vocab_size), logits_dtype)  # each step's, written by the run
-        self.bindings: dict[tuple[int, tuple[str, ...]], Any] = {}  # (rows, adapters) → an IOBinding of these buffers
+        self.bindings: dict[tuple[int, tuple[str, ...], bool], Any] = {}  # (rows, adapters, int8) → an IOBinding
 
     def put(self, slot: int, presents: list[np.ndarray]) -> None:
         """Store a prefilled row's present keys and values (``[1, kv heads, length, head size]`` each)."""
@@ -164,9 +179,15 @@ class SlotDecoder:
     ``adapters``: LoRA adapter files (a multi-LoRA build) by name. Their decoder is loaded with a per-row mask
     between each LoRA branch's two MatMuls (infra/serving/lora_rows.py), so every row of a step answers with its
     own adapter (or the base).
+
+    ``int8``: steps of ``int8_from`` rows or more, and the prefills that bring the live rows to that many, run on
+    a second session of the same decoder with int8 MatMuls (infra/serving/int8_rows.py) — ``"off"``; ``"on"``
+    (from 2 rows); ``"auto"``: both paths are timed at load and the int8 one is kept from the smallest row count
+    where it is faster (and at every larger count timed), or dropped. A lone row (its prefill and its steps)
+    always runs on the build's own weights. Not with adapters.
     """
 
-    def __init__(self, folder: Path, threads: int, adapters: dict[str, Path] | None = None):
+    def __init__(self, folder: Path, threads: int, adapters: dict[str, Path] | None = None, int8: str = "off"):
         import onnxruntime as ort
 
         self.ort, self.layout = ort, DecoderLayout.read(folder)
@@ -176,7 +197,27 @@ class SlotDecoder:
         options.log_severity_level = 3
         self.lora: LoraRows | None = None
         model, shapes, self.last_only = self._graph(options, bool(adapters))
-        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.int8_session: Any = None
+        self.int8_from: int | None = None
+        self.int8_note = "off"
+        if int8 != "off" and adapters:
+            self.int8_note = "off: not with LoRA adapters"
+        elif int8 != "off":
+            try:
+                int8_matmuls(model, self.layout.file.parent)
+                self.int8_session = ort.InferenceSession(model.SerializeToString(), options,
+                                                         providers=["CPUExecutionProvider"])
+                # the Python wrapper keeps the graph's bytes (the int8 weights: ~1 byte a parameter) only to
+                # re-create the session after a GPU provider fails; on the CPU provider they are dead weight
+                if hasattr(self.int8_session, "_model_bytes"):
+                    self.int8_session._model_bytes = None
+                self.int8_from, self.int8_note = 2, "on: from 2 rows"
+            except Int8Unsupported as exc:
+                if int8 == "on":
+                    raise ValueError(f"int8_steps 'on' cannot serve {folder}: {exc}") from exc
+                self.int8_note = f"off: {exc}"
+        del model
         if adapters:
             # each adapter's weights, fed as the inputs they override (onnxruntime 1.31 applies an adapter
             # activated through RunOptions only in part when the run uses an IOBinding)
@@ -194,11 +235,43 @@ class SlotDecoder:
         outputs = {o.name: o.type for o in self.session.get_outputs()}
         self.logits_type = ONNX_TYPES[outputs[self.layout.names["logits"]]]
         self.positions = self.layout.names["position_ids"] in types
+        if self.int8_session is not None and int8 == "auto":
+            self._calibrate()
 
-    def _graph(self, options: Any, lora: bool) -> tuple[bytes, dict[str, tuple[int, ...]], bool]:
-        """The decoder graph, serialized (its weights stay in their files beside it): with logits of one position
-        per row (``last_position_logits``) and, with ``lora``, the per-row LoRA mask; the LoRA inputs' default
-        shapes; whether the logits are one position's."""
+    def _calibrate(self) -> None:
+        """Time steps of ``CALIBRATION_ROWS`` rows on both paths; keep the int8 one from ``int8_threshold``, or
+        drop it."""
+        import time
+
+        rows = [r for r in CALIBRATION_ROWS if r + 8 < self.layout.context_length] or [2]
+        cache = self.cache(max(rows))
+        self.int8_from = None
+        self.prefill(cache, 0, [[1] * 4] * max(rows))
+        timings: dict[int, list[float]] = {}
+        for n in rows:
+            tokens = np.ones(n, np.int64)
+            best = [float("inf"), float("inf")]
+            for _ in range(3):  # alternating, so a noisy moment costs both alike
+                for path, start_from in ((0, None), (1, 2)):
+                    self.int8_from = start_from
+                    cache.lengths[:n] = 4
+                    start = time.perf_counter()
+                    self.decode(cache, tokens)
+                    best[path] = min(best[path], time.perf_counter() - start)
+            timings[n] = best
+        start_from = int8_threshold(timings)
+        measured = ", ".join(f"{n} rows {1000 * t[0]:.1f}/{1000 * t[1]:.1f} ms" for n, t in timings.items())
+        if start_from is None:
+            self.int8_session, self.int8_from = None, None
+            self.int8_note = f"auto: off (int4/int8 steps: {measured})"
+        else:
+            self.int8_from = start_from
+            self.int8_note = f"auto: from {start_from} rows (int4/int8 steps: {measured})"
+
+    def _graph(self, options: Any, lora: bool) -> tuple[Any, dict[str, tuple[int, ...]], bool]:
+        """The decoder graph (an ``onnx.ModelProto`` whose weights stay in their files beside it): with logits of
+        one position per row (``last_position_logits``) and, with ``lora``, the per-row LoRA mask; the LoRA inputs'
+        default shapes; whether the logits are one position's."""
         import onnx
 
         model = onnx.load(str(self.layout.file), load_external_data=False)
@@ -211,7 +284,7 @@ class SlotDecoder:
         last_only = last_position_logits(model, self.layout.names["logits"])
         options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                          str(self.layout.file.parent))
-        return model.SerializeToString(), shapes, last_only
+        return model, shapes, last_only
 
     def cache(self, slots: int) -> SlotCache:
         """An empty cache of ``slots`` rows for this decoder."""
@@ -221,7 +294,8 @@ class SlotDecoder:
                 adapters: Sequence[str | None] | None = None) -> list[np.ndarray]:
         """Run ``prompts`` together (right-padded, each row's length from the mask), prompt ``i`` with LoRA adapter
         ``adapters[i]`` (None: the base); store its keys and values in slot ``slot + i``; the last position's
-        logits of each prompt."""
+        logits of each prompt. (On the int8 session when ``slot + len(prompts)`` rows reach ``int8_from``: the
+        steps that follow run there too.)"""
         names, width = self.layout.names, max(len(p) for p in prompts)
         ids = np.zeros((len(prompts), width), self.id_type)
         mask = np.zeros((len(prompts), width), self.mask_type)
@@ -241,7 +315,8 @@ class SlotDecoder:
         for layer in range(self.layout.layers):
             feeds |= dict.fromkeys(self.layout.past(layer), empty)
             outputs += self.layout.present(layer)
-        logits, *presents = self.session.run(outputs, feeds)
+        session = self.int8_session if self._int8(slot + len(prompts)) else self.session
+        logits, *presents = session.run(outputs, feeds)
         for i, prompt in enumerate(prompts):
             cache.put(slot + i, [present[i : i + 1, :, : len(prompt)] for present in presents])
         return [logits[i, 0 if self.last_only else len(prompt) - 1] for i, prompt in enumerate(prompts)]
@@ -258,7 +333,8 @@ class SlotDecoder:
         ids = np.asarray(tokens, self.id_type)[:, None]
         rows = list(adapters or [None] * n)
         active = self.lora.active(rows) if self.lora else ()
-        binding = cache.bindings.get((n, active)) or self._bind(cache, n, active)
+        int8 = self._int8(n)
+        binding = cache.bindings.get((n, active, int8)) or self._bind(cache, n, active, int8)
         binding.bind_cpu_input(names["input_ids"], ids)
         binding.bind_cpu_input(names["attention_mask"], mask)
         if self.positions:
@@ -267,15 +343,20 @@ class SlotDecoder:
         if self.lora:
             row_mask = self.lora.mask(rows, active)
             binding.bind_cpu_input(ROWS_INPUT, row_mask)
-        self.session.run_with_iobinding(binding)
+        (self.int8_session if int8 else self.session).run_with_iobinding(binding)
         cache.lengths[:n] += 1
         return cache.logits[:n, -1]
 
-    def _bind(self, cache: SlotCache, n: int, active: tuple[str, ...]) -> Any:
-        """An IOBinding of the first ``n`` slots of ``cache`` for rows using the adapters ``active`` (kept for the
-        next steps like it): each layer's cache as both past and present, the logits buffer, the LoRA weights."""
+    def _int8(self, rows: int) -> bool:
+        """Whether work leaving ``rows`` rows live runs on the int8 session."""
+        return self.int8_from is not None and rows >= self.int8_from
+
+    def _bind(self, cache: SlotCache, n: int, active: tuple[str, ...], int8: bool = False) -> Any:
+        """An IOBinding of the first ``n`` slots of ``cache`` for rows using the adapters ``active`` on the int8 or
+        the build's session (kept for the next steps like it): each layer's cache as both past and present, the
+        logits buffer, the LoRA weights."""
         layout = self.layout
-        binding = self.session.io_binding()
+        binding = (self.int8_session if int8 else self.session).io_binding()
         if self.last_only:  # one position per row: row i's is flat index i
             binding.bind_ortvalue_input(LAST_INPUT, self.ort.OrtValue.ortvalue_from_numpy(np.arange(n, dtype=np.int64)))
         if self.lora:
@@ -290,5 +371,5 @@ class SlotDecoder:
                 # the same memory as past and present: GroupQueryAttention writes the new token in place
                 binding.bind_input(name, "cpu", 0, self.cache_type, shape, buffer.ctypes.data)
                 binding.bind_output(out, "cpu", 0, self.cache_type, shape, buffer.ctypes.data)
-        cache.bindings[(n, active)] = binding
+        cache.bindings[(n, active, int8)] = binding
         return binding

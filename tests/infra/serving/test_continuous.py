@@ -56,7 +56,7 @@ def test_rows_joining_and_leaving_a_running_batch_answer_as_onnxruntime_genai_al
                                                                                    ) -> None:
     # given 7 greedy requests of different lengths, each arriving while the ones before it decode, 3 slots at most
     folder = request.getfixturevalue(fixture)
-    engine = Engine(folder, EngineConfig(scheduler="continuous", max_batch_size=3))
+    engine = Engine(folder, EngineConfig(scheduler="continuous", max_batch_size=3, int8_steps="off"))
     sizes: list[int] = []
     engine.on_batch = sizes.append
     prompts = [render_ids(engine.tokenizer, [{"role": "user", "content": q}], True) for q in QUESTIONS]
@@ -117,7 +117,7 @@ def test_rows_of_different_adapters_in_one_step_each_answer_with_their_own(multi
 
 
 def test_seeded_sampling_repeats_in_any_company_and_a_tiny_top_p_is_greedy(random_onnx: Path) -> None:
-    engine = Engine(random_onnx, EngineConfig(scheduler="continuous"))
+    engine = Engine(random_onnx, EngineConfig(scheduler="continuous", int8_steps="off"))
     ids = render_ids(engine.tokenizer, [{"role": "user", "content": "Reverse: a b c"}], True)
 
     def answers(*samplings: Sampling) -> list[list[int]]:

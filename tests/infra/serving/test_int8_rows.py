@@ -1,0 +1,113 @@
+"""Steps of many rows on int8 weights made at load from the int4 build (infra/serving/int8_rows.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infra.serving.int8_rows import Int8Unsupported, dequantize_nbits, int8_matmuls
+from infra.serving.slots import SlotDecoder, int8_threshold
+
+
+def matmul_model(k: int, n: int, seed: int = 0):
+    """One fp32 MatMul ``y = x @ W`` (``W``: ``[k, n]``, an initializer) as an ONNX model."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(seed).normal(0, 0.05, (k, n)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="proj")], "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", n])],
+        [numpy_helper.from_array(weight, "W")])
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=10), weight
+
+
+def run(model, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_dequantized_int4_weights_reproduce_what_matmulnbits_computes(symmetric: bool, tmp_path: Path) -> None:
+    from onnx import numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    # given a MatMul of 80 inputs (not a whole number of 32-blocks) quantized to 4-bit MatMulNBits by onnxruntime
+    model, weight = matmul_model(80, 24)
+    quantizer = MatMulNBitsQuantizer(model, block_size=32, is_symmetric=symmetric, accuracy_level=0)
+    quantizer.process()
+    int4 = quantizer.model.model
+    node = next(n for n in int4.graph.node if n.op_type == "MatMulNBits")
+    inits = {t.name: numpy_helper.to_array(t) for t in int4.graph.initializer}
+    zero_points = inits.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    assert (zero_points is None) == symmetric
+    x = np.random.default_rng(1).normal(size=(5, 80)).astype(np.float32)
+    # when its weights are dequantized here
+    dequantized = dequantize_nbits(inits[node.input[1]], inits[node.input[2]], zero_points, 80, 24, 32)
+    # then they give what onnxruntime's int4 kernel computes, and they are the fp32 weights within 4-bit error
+    np.testing.assert_allclose(x @ dequantized, run(int4, x), atol=1e-4)
+    assert np.abs(dequantized - weight).max() < np.abs(weight).max() / 7
+    # and the int8 rewrite of the node answers within int8 error of the int4 node
+    packed = node.input[1]
+    assert int8_matmuls(int4, tmp_path) == 1
+    assert [n.op_type for n in int4.graph.node] == ["DynamicQuantizeMatMul"]
+    assert not any(t.name == packed for t in int4.graph.initializer), "the int4 weights were kept"
+    np.testing.assert_allclose(run(int4, x), x @ dequantized, atol=0.02 * np.abs(x @ dequantized).max())
+
+
+def test_a_graph_without_int4_matmuls_is_refused_by_name(tmp_path: Path) -> None:
+    model, _ = matmul_model(32, 8)
+    with pytest.raises(Int8Unsupported, match="no MatMulNBits"):
+        int8_matmuls(model, tmp_path)
+
+
+def test_int8_steps_start_where_they_win_at_that_row_count_and_every_larger_one() -> None:
+    assert int8_threshold({2: (1.0, 1.2), 4: (2.0, 1.7), 8: (4.0, 2.0), 16: (8.0, 3.0)}) == 4
+    assert int8_threshold({2: (1.0, 0.5), 4: (2.0, 2.1), 8: (4.0, 2.0), 16: (8.0, 3.0)}) == 8  # a loss at 4
+    assert int8_threshold({2: (1.0, 0.95), 4: (2.0, 1.95), 8: (4.0, 3.9), 16: (8.0, 7.9)}) is None  # < 10% wins
+    assert int8_threshold({2: (1.0, 0.5), 4: (2.0, 0.5), 8: (4.0, 1.0), 16: (8.0, 9.0)}) is None
+
+
+def test_int8_steps_answer_like_the_int4_build_and_one_row_steps_stay_on_it(tiny_onnx: Path) -> None:
+    # given the tiny trained teacher's int4 build, loaded with int8 steps from 2 rows and without
+    int8, int4 = SlotDecoder(tiny_onnx, 2, int8="on"), SlotDecoder(tiny_onnx, 2)
+    assert int8.int8_from == 2 and int4.int8_session is None
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18, 19, 20]]
+    caches = int8.cache(4), int4.cache(4)
+    # when the four rows are prefilled together and decoded for 12 steps, each path fed the int4 path's greedy tokens
+    first = [np.stack(int8.prefill(caches[0], 0, prompts)), np.stack(int4.prefill(caches[1], 0, prompts))]
+    steps = [np.abs(first[0] - first[1]).max() / np.abs(first[1]).max()]
+    agree = [first[0].argmax(-1) == first[1].argmax(-1)]
+    tokens = first[1].argmax(-1)
+    for _ in range(12):
+        a, b = int8.decode(caches[0], tokens).copy(), int4.decode(caches[1], tokens).copy()
+        steps.append(np.abs(a - b).max() / np.abs(b).max())
+        agree.append(a.argmax(-1) == b.argmax(-1))
+        tokens = b.argmax(-1)
+    # then the int8 steps' logits differ (another kernel ran) but stay close, and pick the same greedy tokens
+    assert max(steps) > 0, "the int8 session did not run"
+    assert max(steps) < 0.05, steps
+    assert np.mean(agree) >= 0.95, np.mean(agree)
+    # and a lone row (its prefill and its steps) runs on the build's own weights: the same logits bit for bit
+    one = [d.cache(1) for d in (int8, int4)]
+    outs = [d.prefill(c, 0, [prompts[0]]) for d, c in zip((int8, int4), one, strict=True)]
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(int8.decode(one[0], np.array([3])), int4.decode(one[1], np.array([3])))
+
+
+def test_auto_times_both_paths_at_load_and_says_what_it_chose(tiny_onnx: Path) -> None:
+    decoder = SlotDecoder(tiny_onnx, 2, int8="auto")
+    assert decoder.int8_note.startswith("auto: ")
+    assert "2 rows" in decoder.int8_note and "16 rows" in decoder.int8_note
+    assert (decoder.int8_from is None) == (decoder.int8_session is None) == ("off" in decoder.int8_note)
+
+
+def test_int8_steps_stay_off_with_lora_adapters(multi_lora: dict[str, Path]) -> None:
+    from tasks.decoding import GenaiFolder
+
+    decoder = SlotDecoder(multi_lora["served"], 2, GenaiFolder.read(multi_lora["served"]).adapter_files, int8="on")
+    assert decoder.int8_session is None and "LoRA" in decoder.int8_note
