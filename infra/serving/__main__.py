@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Literal, get_args, get_origin
 
 import uvicorn
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     add_options(parser, EngineConfig)
     args = vars(parser.parse_args(argv))
     engine = Engine(args["model_dir"], EngineConfig(**{k: args[k] for k in EngineConfig.model_fields}))
+    int8 = f", int8 steps {engine.decoder.int8_note}" if engine.decoder else ""
+    print(f"serving {args['model_dir']}: scheduler {engine.scheduler}{int8}", file=sys.stderr, flush=True)
     capture = CaptureConfig(**{k: args[f"capture-{k}"] for k in CaptureConfig.model_fields})
     settings = ServerSettings(api_key=os.environ.get(args["api_key_env"]) or None, capture=capture,
                               **{k: args[k] for k in ServerSettings.model_fields if k not in ("api_key", "capture")})

@@ -107,7 +107,6 @@ class Engine:
         try:
             decoder = SlotDecoder(self.model_dir, self.config.threads or available_cores(), self.folder.adapter_files,
                                   int8=self.config.int8_steps)
-            log.info("int8 steps %s", decoder.int8_note)
             return decoder
         except SlotsUnsupported as exc:
             if self.config.scheduler == "continuous":

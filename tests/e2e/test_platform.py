@@ -141,8 +141,9 @@ def test_promote_deployment_slmops_promote_and_rollback_all_redeploy(platform) -
     # the promote deployment, as the UI's form runs it
     deployment = next(d for d in platform.prefect("POST", "/deployments/filter", json={}).json()
                       if d["name"] == "promote")
-    platform.prefect("POST", f"/deployments/{deployment['id']}/create_flow_run", json={
+    created = platform.prefect("POST", f"/deployments/{deployment['id']}/create_flow_run", json={
         "parameters": {"request": {"model": "plat-r", "version": "3", "alias": "champion"}}})
+    assert created.status_code == 201, f"create_flow_run answered {created.status_code}: {created.text[:500]}"
     wait_for(lambda: served_version(port) == "3", what="version 3 after the promote deployment ran")
     # the CLI against the platform: promote, then rollback to the version before
     assert "plat-r@champion: 3 → 1" in platform.cli("promote", "plat-r", "1").stdout

@@ -1,4 +1,7 @@
-"""The engine in-process, under both schedulers: batch planning, padding, per-row budgets, logprobs, cancellation."""
+"""The engine in-process, under both schedulers: batch planning, padding, per-row budgets, logprobs, cancellation.
+
+int8 steps are off here: these tests compare answers token for token across batch compositions, which int8 steps
+(one activation scale per step) do not promise; tests/infra/serving/test_int8_rows.py covers them."""
 
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ SCHEDULERS = pytest.mark.parametrize("scheduler", ["continuous", "batches"])
 @SCHEDULERS
 def test_a_row_answers_alike_alone_and_in_a_batch(odd_pad_model: Path, scheduler: str) -> None:
     # given a model whose tokenizer's pad token (2) is not the model's pad_token_id (0), and prompts of 3 lengths
-    engine = Engine(odd_pad_model, EngineConfig(batch_window_ms=500, scheduler=scheduler))
+    engine = Engine(odd_pad_model, EngineConfig(int8_steps="off", batch_window_ms=500, scheduler=scheduler))
     assert engine.scheduler == scheduler
     assert engine.tokenizer.pad_token_id != engine.folder.pad_id == 0
     prompts = [prompt(engine, text) for text in ("Upper: x", "Reverse: a b c d e f g h i j", "Reverse: a b c d e")]
@@ -97,7 +100,7 @@ def test_a_row_answers_alike_alone_and_in_a_batch(odd_pad_model: Path, scheduler
 
 @SCHEDULERS
 def test_rows_stop_at_their_own_budget_and_a_cancelled_row_stops(random_onnx: Path, scheduler: str) -> None:
-    engine = Engine(random_onnx, EngineConfig(batch_window_ms=500, scheduler=scheduler))
+    engine = Engine(random_onnx, EngineConfig(int8_steps="off", batch_window_ms=500, scheduler=scheduler))
     ids = prompt(engine, "a b c")
     budgets = [3, 40, 40]
     requests = [GenerationRequest(ids, n) for n in budgets]
@@ -117,7 +120,7 @@ def test_rows_stop_at_their_own_budget_and_a_cancelled_row_stops(random_onnx: Pa
 def test_logprobs_are_the_models_log_softmax(random_onnx: Path, scheduler: str) -> None:
     import onnxruntime_genai as og
 
-    engine = Engine(random_onnx, EngineConfig(scheduler=scheduler))
+    engine = Engine(random_onnx, EngineConfig(int8_steps="off", scheduler=scheduler))
     ids = prompt(engine, "Reverse: a b c")
     events = run(engine, [GenerationRequest(ids, 6, top_logprobs=3),
                           GenerationRequest(ids, 6, Sampling(min_tokens=6), top_logprobs=20)])
@@ -153,7 +156,7 @@ def test_logprobs_are_the_models_log_softmax(random_onnx: Path, scheduler: str) 
 def test_a_request_arriving_mid_batch_finishes_before_the_running_batch_ends(random_onnx: Path, scheduler: str
                                                                             ) -> None:
     # given a long request (120 tokens) already decoding
-    engine = Engine(random_onnx, EngineConfig(batch_window_ms=0, scheduler=scheduler))
+    engine = Engine(random_onnx, EngineConfig(int8_steps="off", batch_window_ms=0, scheduler=scheduler))
     sizes: list[int] = []
     engine.on_batch = sizes.append
     ids = prompt(engine, "a b c")
@@ -191,7 +194,8 @@ def test_interleaved_batches_give_the_same_greedy_answers_as_one_batch_at_a_time
     prompts = ["a b c", "Reverse: x y", "Uppercase: q"]
     answers = {}
     for running in (1, 4):
-        engine = Engine(random_onnx, EngineConfig(batch_window_ms=0, max_batch_size=1, max_running_batches=running,
+        engine = Engine(random_onnx, EngineConfig(int8_steps="off", batch_window_ms=0, max_batch_size=1,
+                                                  max_running_batches=running,
                                                   scheduler="batches"))
         requests = [GenerationRequest(prompt(engine, p), 12 + 4 * i) for i, p in enumerate(prompts)]
         answers[running] = [(e[-1].text, e[-1].completion_tokens) for e in run(engine, requests)]
@@ -201,7 +205,7 @@ def test_interleaved_batches_give_the_same_greedy_answers_as_one_batch_at_a_time
 
 def test_incremental_detokenization_emits_what_decoding_the_whole_answer_emits(random_onnx: Path) -> None:
     # given the tokens of an answer with multi-byte characters split across byte-level tokens
-    engine = Engine(random_onnx, EngineConfig())
+    engine = Engine(random_onnx, EngineConfig(int8_steps="off"))
     runner = engine._runner
     assert runner.incremental, "the demo tokenizer should take the incremental path"
     text = "Grüße, 世界! naïve café 🙂🚀 — done.  Two  spaces\nand a line"

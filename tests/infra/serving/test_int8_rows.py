@@ -111,3 +111,29 @@ def test_int8_steps_stay_off_with_lora_adapters(multi_lora: dict[str, Path]) -> 
 
     decoder = SlotDecoder(multi_lora["served"], 2, GenaiFolder.read(multi_lora["served"]).adapter_files, int8="on")
     assert decoder.int8_session is None and "LoRA" in decoder.int8_note
+
+
+def test_an_engine_with_int8_steps_serves_rows_joining_mid_batch(tiny_onnx: Path) -> None:
+    from infra.serving.engine import Engine, EngineConfig
+    from infra.serving.protocol import Done, GenerationRequest
+    from tasks.data.chat import render_ids
+    from tests.infra.serving.test_continuous import staggered, tokens
+
+    # given the engine with int8 steps from 2 rows, and one without
+    engines = [Engine(tiny_onnx, EngineConfig(scheduler="continuous", int8_steps=mode)) for mode in ("on", "off")]
+    assert engines[0].decoder.int8_from == 2 and engines[1].decoder.int8_session is None
+    prompts = [render_ids(engines[0].tokenizer, [{"role": "user", "content": q}], True)
+               for q in ("Reverse: a b c d", "Uppercase: q r", "Sort the letters: d c b a", "Hi")]
+    try:
+        # when four greedy requests arrive one after another while the earlier ones decode
+        runs = [staggered(e, [GenerationRequest(p, 16, top_logprobs=0) for p in prompts]) for e in engines]
+        lone = [[tokens(e) for e in staggered(engine, [GenerationRequest(prompts[0], 16, top_logprobs=0)])]
+                for engine in engines]
+    finally:
+        for engine in engines:
+            engine.close()
+    # then every request finished, most answers match the int4 path's, and a lone request matches it exactly
+    assert all(isinstance(events[-1], Done) for run in runs for events in run)
+    same = sum(tokens(a) == tokens(b) for a, b in zip(*runs, strict=True))
+    assert same >= 3, [(tokens(a), tokens(b)) for a, b in zip(*runs, strict=True)]
+    assert lone[0] == lone[1]
