@@ -260,7 +260,7 @@ class SlotDecoder:
                     best[path] = min(best[path], time.perf_counter() - start)
             timings[n] = best
         start_from = int8_threshold(timings)
-        measured = ", ".join(f"{n} rows {1000 * t[0]:.1f}/{1000 * t[1]:.1f} ms" for n, t in timings.items())
+        measured = ", ".join(f"{n} rows {1000 * t[0]:.2f}/{1000 * t[1]:.2f} ms" for n, t in timings.items())
         if start_from is None:
             self.int8_session, self.int8_from = None, None
             self.int8_note = f"auto: off (int4/int8 steps: {measured})"
