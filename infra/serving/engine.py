@@ -54,9 +54,9 @@ class EngineConfig(BaseModel, extra="forbid"):
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 uses every available core.")
     int8_steps: Literal["auto", "on", "off"] = Field(
         "auto", description="Continuous only: decoding steps of many rows on an int8 copy of the int4 build's "
-        "MatMuls, made at load (faster where the CPU has int8 GEMM units such as AMX or VNNI; one-row steps and "
-        "prefills stay on the build's weights). auto: both are timed at load and int8 is used from the row "
-        "count where it wins, or not at all; on: from 2 rows; off: never.")
+        "MatMuls, made at load (faster where the CPU has int8 GEMM units such as AMX or VNNI), with the prefills "
+        "that join such a batch; a lone request stays on the build's weights. auto: both are timed at load and "
+        "int8 is used from the row count where it wins, or not at all; on: from 2 rows; off: never.")
     max_running_batches: int = Field(4, gt=0, description="Batches only: static batches decoded in turn, so a "
                                      "request arriving while others run starts its own batch at once (1: one "
                                      "static batch at a time).")
@@ -105,9 +105,8 @@ class Engine:
         if self.config.scheduler == "batches":
             return None
         try:
-            decoder = SlotDecoder(self.model_dir, self.config.threads or available_cores(), self.folder.adapter_files,
-                                  int8=self.config.int8_steps)
-            return decoder
+            return SlotDecoder(self.model_dir, self.config.threads or available_cores(), self.folder.adapter_files,
+                               int8=self.config.int8_steps)
         except SlotsUnsupported as exc:
             if self.config.scheduler == "continuous":
                 raise ValueError(f"scheduler 'continuous' cannot serve {self.model_dir}: {exc}") from exc

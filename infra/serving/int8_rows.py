@@ -6,7 +6,8 @@ unpacks 4-bit blocks and scales each block) is slower than its int8 GEMM (Dynami
 QGEMM, which uses AMX or AVX-512 VNNI where the CPU has them). ``int8_matmuls`` makes a second graph of the same
 decoder whose MatMuls take int8 weights, per output column, made from the int4 ones (dequantized, then rounded
 to 255 levels per column: the int8 copy carries the int4 build's own quantization, not the fp32 model's);
-``SlotDecoder`` runs steps of at least ``int8_from_rows`` rows on it, over the same KV-cache slots.
+``SlotDecoder`` runs steps of at least ``int8_from`` rows (and the prefills that join them) on it, over the same
+KV-cache slots.
 
 The int8 path quantizes each step's activations per tensor (one scale over all rows of the step), where
 MatMulNBits at ``accuracy_level`` 4 quantizes each row's blocks of 32. Answers decoded on it can differ from the
