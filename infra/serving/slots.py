@@ -33,6 +33,8 @@ LM_HEAD_OPS = {"MatMul", "MatMulNBits", "Gemm"}
 
 CALIBRATION_ROWS = (2, 4, 8, 16)  # row counts ``int8="auto"`` times on both paths
 CALIBRATION_MARGIN = 0.9  # the int8 path is taken where its step takes at most this share of the int4 step's
+CALIBRATION_MIN_SAVING_S = 0.0005  # … and saves at least this much a step: below it the int8 copy's memory buys
+# nothing a client could notice (the demo's tiny model steps in ~0.1 ms either way)
 
 ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
               "tensor(int32)": np.int32}
@@ -129,10 +131,11 @@ def last_position_logits(model: Any, logits: str) -> bool:
 
 def int8_threshold(timings: dict[int, Sequence[float]]) -> int | None:
     """The smallest row count from which the int8 path wins: its step takes at most ``CALIBRATION_MARGIN`` of the
-    int4 step's there and at every larger row count timed (``timings``: rows → (int4 seconds, int8 seconds));
-    None where no such count exists."""
+    int4 step's, and at least ``CALIBRATION_MIN_SAVING_S`` less, there and at every larger row count timed
+    (``timings``: rows → (int4 seconds, int8 seconds)); None where no such count exists."""
     rows = sorted(timings)
-    wins = {n: timings[n][1] <= CALIBRATION_MARGIN * timings[n][0] for n in rows}
+    wins = {n: timings[n][1] <= min(CALIBRATION_MARGIN * timings[n][0], timings[n][0] - CALIBRATION_MIN_SAVING_S)
+            for n in rows}
     return next((n for n in rows if all(wins[m] for m in rows if m >= n)), None)
 
 

@@ -66,10 +66,19 @@ def test_a_graph_without_int4_matmuls_is_refused_by_name(tmp_path: Path) -> None
 
 
 def test_int8_steps_start_where_they_win_at_that_row_count_and_every_larger_one() -> None:
-    assert int8_threshold({2: (1.0, 1.2), 4: (2.0, 1.7), 8: (4.0, 2.0), 16: (8.0, 3.0)}) == 4
-    assert int8_threshold({2: (1.0, 0.5), 4: (2.0, 2.1), 8: (4.0, 2.0), 16: (8.0, 3.0)}) == 8  # a loss at 4
-    assert int8_threshold({2: (1.0, 0.95), 4: (2.0, 1.95), 8: (4.0, 3.9), 16: (8.0, 7.9)}) is None  # < 10% wins
-    assert int8_threshold({2: (1.0, 0.5), 4: (2.0, 0.5), 8: (4.0, 1.0), 16: (8.0, 9.0)}) is None
+    ms = 0.001
+    assert int8_threshold({2: (1 * ms, 1.2 * ms), 4: (2 * ms, 1.4 * ms), 8: (4 * ms, 2 * ms),
+                           16: (8 * ms, 3 * ms)}) == 4
+    assert int8_threshold({2: (1 * ms, 0.4 * ms), 4: (2 * ms, 2.1 * ms), 8: (4 * ms, 2 * ms),
+                           16: (8 * ms, 3 * ms)}) == 8  # a loss at 4
+    assert int8_threshold({2: (1 * ms, 0.95 * ms), 4: (2 * ms, 1.95 * ms), 8: (4 * ms, 3.9 * ms),
+                           16: (8 * ms, 7.9 * ms)}) is None  # wins under 10%
+    assert int8_threshold({2: (1 * ms, 0.4 * ms), 4: (2 * ms, 0.5 * ms), 8: (4 * ms, 1 * ms),
+                           16: (8 * ms, 9 * ms)}) is None  # a loss at the most rows
+    assert int8_threshold({2: (1 * ms, 0.8 * ms), 4: (2 * ms, 1.4 * ms), 8: (4 * ms, 2 * ms),
+                           16: (8 * ms, 3 * ms)}) == 4  # 2 rows save 20% but only 0.2 ms
+    tiny = {2: (0.10 * ms, 0.05 * ms), 4: (0.12 * ms, 0.06 * ms), 8: (0.15 * ms, 0.07 * ms), 16: (0.2 * ms, 0.08 * ms)}
+    assert int8_threshold(tiny) is None  # half the time, but a tenth of a millisecond saved a step
 
 
 def test_int8_steps_answer_like_the_int4_build_and_one_row_steps_stay_on_it(tiny_onnx: Path) -> None:
