@@ -30,6 +30,7 @@ VARIANTS = {  # label: (block size, algorithm); k_quant needs an even block coun
     "rtn, block 128": (128, "rtn"),
     "k_quant, block 32, int8 lm_head": (32, "k_quant_last"),
     "Olive GPTQ, block 32": (32, "gptq"),
+    "Olive GPTQ, block 64": (64, "gptq"),  # Olive's GPTQ needs blocks that divide 576: no 128
 }
 
 
@@ -47,7 +48,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="Timed runs per variant (default 5).")
     parser.add_argument("--threads", type=int, default=available_cores(), help="Threads (default: all cores).")
     parser.add_argument("--out", type=Path, default=Path(".slmops/bench"), help="Working folder.")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="Measure only the variants whose label contains TEXT (repeatable); the default "
+                             "variant is always measured, as the baseline.")
     args = parser.parse_args()
+    variants = {label: v for i, (label, v) in enumerate(VARIANTS.items())
+                if i == 0 or not args.only or any(text in label for text in args.only)}
 
     model_dir = make_model(args.out)
     tok = load_tokenizer(str(model_dir))
@@ -59,7 +65,7 @@ def main() -> None:
     fp32 = measure(OnnxRunner(str(onnx_model(args.out, model_dir, "fp32")), args.threads), prompt_ids, texts,
                    args.new_tokens, args.repeats)
     runners, rows = {}, []
-    for label, (block, algorithm) in VARIANTS.items():
+    for label, (block, algorithm) in variants.items():
         folder = onnx_model(args.out, model_dir, "int4", algorithm, block)  # gptq: the pipeline's Olive path
         matmuls = quantized_matmuls(folder)
         runners[label] = OnnxRunner(str(folder), args.threads)
