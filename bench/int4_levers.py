@@ -9,6 +9,7 @@ build's, and size. The builder's ``accuracy_level`` is read from the built model
 int8 activations).
 
     python bench/int4_levers.py [--new-tokens 64] [--repeats 5] [--threads N] [--out .slmops/bench]
+        [--only TEXT ...]
 """
 
 from __future__ import annotations
@@ -49,11 +50,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=available_cores(), help="Threads (default: all cores).")
     parser.add_argument("--out", type=Path, default=Path(".slmops/bench"), help="Working folder.")
     parser.add_argument("--only", action="append", default=[], metavar="TEXT",
-                        help="Measure only the variants whose label contains TEXT (repeatable); the default "
-                             "variant is always measured, as the baseline.")
+                        help="Measure only the variants whose label contains TEXT, in any case (repeatable); the "
+                             "default variant is always measured, as the baseline.")
     args = parser.parse_args()
+    unknown = [text for text in args.only if not any(text.lower() in label.lower() for label in VARIANTS)]
+    if unknown:
+        parser.error(f"--only {unknown[0]!r} matches no variant; the variants: {'; '.join(VARIANTS)}")
     variants = {label: v for i, (label, v) in enumerate(VARIANTS.items())
-                if i == 0 or not args.only or any(text in label for text in args.only)}
+                if i == 0 or not args.only or any(text.lower() in label.lower() for text in args.only)}
 
     model_dir = make_model(args.out)
     tok = load_tokenizer(str(model_dir))
