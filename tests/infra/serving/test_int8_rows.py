@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +154,7 @@ def test_freed_heap_goes_back_to_the_system() -> None:
     import ctypes
 
     def rss_mb() -> float:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
     libc = ctypes.CDLL(None)
     if not hasattr(libc, "malloc_trim"):
