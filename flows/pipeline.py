@@ -24,6 +24,7 @@ from tasks.errors import ConfigError
 from tasks.evaluate.gate import GateDecision, decide_task
 from tasks.evaluate.report import publish_report_task
 from tasks.evaluate.score import EvalReport, evaluate_task
+from tasks.model_import.refs import import_record
 from tasks.quantize.build import build_multi_lora_task, quantize_task
 from tasks.settings import get_settings
 
@@ -42,10 +43,15 @@ class PipelineSummary(BaseModel):
 def lineage(summary: TrainSummary, champion_version: str | None) -> dict[str, str]:
     """Tags that let anyone trace a version back to its inputs."""
     cfg = summary.config
-    return {"dataset_digest": summary.data.digest, "config_digest": content_key(cfg.model_dump(mode="json")),
+    tags = {"dataset_digest": summary.data.digest, "config_digest": content_key(cfg.model_dump(mode="json")),
             "git_commit": git_commit(), "parent_version": champion_version or "none",
             "teacher": cfg.distill.teacher, "base_model": cfg.distill.student,
             "model_digest": summary.model.digest}
+    for role, path in (("teacher", cfg.distill.teacher), ("base_model", cfg.distill.student)):
+        if record := import_record(path):  # a gguf:/ollama: import: where its weights came from
+            tags |= {role: record["source"], f"{role}_gguf_sha256": record["gguf_sha256"],
+                     f"{role}_gguf_quant": record["quant_type"]}
+    return tags
 
 
 def gate_failed(decision: GateDecision) -> State:

@@ -9,6 +9,14 @@ from tasks.evaluate.score import EvalReport
 from tasks.records import Artifact, PreparedData
 
 
+def imported(lineage: dict[str, str]) -> str:
+    """Card lines for models imported from GGUF (their file digest and quant type), empty otherwise."""
+    lines = [f"- {role.replace('_', ' ')} imported from GGUF {lineage[role + '_gguf_quant']}, sha256 "
+             f"`{lineage[role + '_gguf_sha256']}`\n" for role in ("teacher", "base_model")
+             if role + "_gguf_sha256" in lineage]
+    return "".join(lines)
+
+
 def model_card(name: str, config: PipelineConfig, data: PreparedData, artifacts: list[Artifact],
                report: EvalReport, decision: GateDecision, lineage: dict[str, str]) -> str:
     """Data, training, quantization, evaluation, gate decision and limitations of one model version."""
@@ -25,7 +33,7 @@ def model_card(name: str, config: PipelineConfig, data: PreparedData, artifacts:
 
 ## Training
 - teacher: `{lineage.get("teacher", d.teacher)}`; student base: `{lineage.get("base_model", d.student)}`
-- distillation: {"method " + d.method + f", T={d.temperature}, KL weight {d.kl_weight}, {d.steps} steps"
+{imported(lineage)}- distillation: {"method " + d.method + f", T={d.temperature}, KL weight {d.kl_weight}, {d.steps} steps"
                  if d.enabled else "off"}
 - LoRA: {f"r={f.r}, alpha={f.alpha}, dropout={f.dropout}, modules {f.target_modules}, {f.steps} steps"
          if f.enabled else "off"}; merged into plain weights

@@ -45,8 +45,10 @@ class DistillConfig(TrainLoopConfig):
     """Knowledge distillation of a teacher into a smaller student."""
 
     enabled: bool = Field(True, description="Run distillation; when off the student goes straight to LoRA.")
-    teacher: str = Field(description="Teacher model: local folder, hub id, or demo:teacher.")
-    student: str = Field(description="Student model to train: local folder, hub id, or demo:student-qwen2.")
+    teacher: str = Field(description="Teacher model: local folder, hub id, demo:teacher, gguf:PATH (a file or "
+                         "package/inside/it.gguf) or ollama:NAME[:TAG] (from the local Ollama store).")
+    student: str = Field(description="Student model to train: local folder, hub id, demo:student-qwen2, "
+                         "gguf:PATH or ollama:NAME[:TAG] (dequantized once, cached by the GGUF's digest).")
     method: Literal["auto", "logit", "sequence"] = Field(
         "auto",
         description="logit: KL on soft targets (needs a shared tokenizer); sequence: train on teacher "

@@ -1,4 +1,4 @@
-"""Resolving a config's references (``demo:`` assets, local folders, hub ids) into records."""
+"""Resolving a config's references (``demo:`` assets, ``gguf:``/``ollama:`` imports, local folders, hub ids)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,27 @@ from prefect import task
 
 from tasks.config import PipelineConfig
 from tasks.data.demo import resolve_ref
+from tasks.model_import.refs import resolve_import
 from tasks.records import ModelDir
 
 
 def resolve_inputs(config: PipelineConfig, root: Path) -> PipelineConfig:
-    """Copy of ``config`` with every ``demo:`` reference replaced by its local path (made if absent)."""
+    """Copy of ``config`` with every ``demo:``, ``gguf:`` and ``ollama:`` reference replaced by its local path
+    (made, or dequantized, on first use)."""
     data = config.data.model_copy(update={
         key: resolve_ref(value, root) for key in ("train", "validation", "test")
         if (value := getattr(config.data, key))
     })
     distill = config.distill.model_copy(update={
-        "teacher": resolve_ref(config.distill.teacher, root),
-        "student": resolve_ref(config.distill.student, root),
+        "teacher": resolve_model(config.distill.teacher, root),
+        "student": resolve_model(config.distill.student, root),
     })
     return config.model_copy(update={"data": data, "distill": distill})
+
+
+def resolve_model(ref: str, root: Path) -> str:
+    """A model reference as a local folder path (``demo:``, ``gguf:``, ``ollama:``), else unchanged (hub ids)."""
+    return resolve_import(resolve_ref(ref, root), root)
 
 
 def describe_model(ref: str) -> ModelDir:

@@ -14,6 +14,7 @@ from tasks.config import EvalConfig
 from tasks.data.chat import prompt_ids, render_ids
 from tasks.data.prepare import encode_split, read_prepared, read_prepared_rows
 from tasks.errors import ConfigError, DatasetError
+from tasks.evaluate.batched import engine_answers, hf_answers
 from tasks.evaluate.metrics import is_exact_match, perplexity
 from tasks.evaluate.runners import open_runner
 from tasks.modeling import apply_threads, load_tokenizer
@@ -70,6 +71,24 @@ def heldout_examples(tokenizer: Any, data: PreparedData, cfg: EvalConfig,
     return [(ids, ids) for _, ids in encoded]
 
 
+def greedy_answers(name: str, kind: str, path: str, runner: Any, tokenizer: Any,
+                   conversations: list[list[dict[str, str]]], cfg: EvalConfig) -> list[str]:
+    """Every test row's greedy answer: batched for ONNX (the serving engine) and transformers, one row at a time
+    for llama.cpp."""
+    if kind == "onnx":
+        prompts = [prompt_ids(tokenizer, conv) for conv in conversations]
+        return engine_answers(path, prompts, cfg.max_new_tokens, cfg.threads, name)
+    if kind == "hf":
+        return hf_answers(runner.model, tokenizer, conversations, cfg.max_new_tokens, name)
+    answers = []
+    with Progress(len(conversations), f"evaluate {name}") as progress:
+        for conv in conversations:
+            gen = runner.generate(prompt_ids(tokenizer, conv), cfg.max_new_tokens)
+            answers.append(tokenizer.decode(gen.tokens, skip_special_tokens=True))
+            progress.update()
+    return answers
+
+
 def score(name: str, kind: str, path: str, tokenizer_path: str, data: PreparedData, cfg: EvalConfig,
           max_length: int) -> ArtifactScore:
     """Perplexity (test answers, held-out text), exact match, latency and size of one model."""
@@ -77,12 +96,8 @@ def score(name: str, kind: str, path: str, tokenizer_path: str, data: PreparedDa
     runner = open_runner(kind, path, cfg.threads)
     conversations = read_prepared(data.test)[: cfg.limit]
     test = encode_split(tokenizer, data.test, max_length, data.sources.get("test"))[: cfg.limit]
-    hits = 0
-    with Progress(len(conversations), f"evaluate {name}") as progress:
-        for conv in conversations:
-            gen = runner.generate(prompt_ids(tokenizer, conv), cfg.max_new_tokens)
-            hits += is_exact_match(tokenizer.decode(gen.tokens, skip_special_tokens=True), conv[-1]["content"])
-            progress.update()
+    answers = greedy_answers(name, kind, path, runner, tokenizer, conversations, cfg)
+    hits = sum(is_exact_match(a, conv[-1]["content"]) for a, conv in zip(answers, conversations, strict=True))
     timings = [runner.generate(prompt_ids(tokenizer, conversations[i % len(conversations)]), cfg.latency_new_tokens,
                                cfg.latency_new_tokens) for i in range(cfg.latency_requests)]
     decode = [(len(t.tokens) - 1) / max(t.total_s - t.ttft_s, 1e-9) for t in timings]
