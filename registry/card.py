@@ -33,8 +33,8 @@ def model_card(name: str, config: PipelineConfig, data: PreparedData, artifacts:
 
 ## Training
 - teacher: `{lineage.get("teacher", d.teacher)}`; student base: `{lineage.get("base_model", d.student)}`
-{imported(lineage)}- distillation: {"method " + d.method + f", T={d.temperature}, KL weight {d.kl_weight}, {d.steps} steps"
-                 if d.enabled else "off"}
+{imported(lineage)}- distillation: {f"method {d.method}, T={d.temperature}, KL weight {d.kl_weight}, {d.steps} "
+                                    "steps" if d.enabled else "off"}
 - LoRA: {f"r={f.r}, alpha={f.alpha}, dropout={f.dropout}, modules {f.target_modules}, {f.steps} steps"
          if f.enabled else "off"}; merged into plain weights
 - git commit: `{lineage.get("git_commit", "unknown")}`; parent version: {lineage.get("parent_version", "none")}

@@ -86,6 +86,12 @@ class QuantizeConfig(StageConfig):
     int4_algorithm: Literal["rtn", "k_quant", "rtn_last", "k_quant_last"] = Field(
         "k_quant", description="int4 weight quantization algorithm; the *_last variants keep the last MatMul "
         "(lm_head) in int8.")
+    int4_accuracy_level: Literal[1, 2, 3, 4] | None = Field(
+        None, description="MatMulNBits compute type: 1 fp32, 2 fp16, 3 bf16, 4 int8 activations (the builder's "
+        "CPU default, fastest); unset keeps the builder's default.")
+    int4_embeddings: bool = Field(False, description="Quantize the token embedding table to int4 as well "
+                                  "(GatherBlockQuantized); without it the table stays fp32, the largest part "
+                                  "of a small model with a big vocabulary.")
     olive_gptq: bool = Field(False, description="Also build an int4 model with Olive: GPTQ calibrated on the "
                              "train split, then ModelBuilder.")
     olive_calibration_samples: int = Field(64, gt=0, description="Train rows used to calibrate GPTQ.")
@@ -118,6 +124,10 @@ class EvalConfig(StageConfig):
     limit: int | None = Field(None, gt=0, description="Score only the first N test rows (default: all).")
     heldout_text: str | None = Field(None, description="Plain-text file (one passage per line) for held-out "
                                      "perplexity; default: the validation split rendered with the chat template.")
+    real_text: str | None = Field(None, description="A real English text (a plain file, read whole) scored as "
+                                  "perplexity_text in windows of real_text_window tokens for every artifact, "
+                                  "besides the task, e.g. /usr/share/common-licenses/GPL-3 (Debian base-files).")
+    real_text_window: int = Field(256, gt=8, le=8192, description="Tokens per scored window of real_text.")
     latency_requests: int = Field(8, gt=0, description="Timed generation requests per artifact.")
     latency_new_tokens: int = Field(32, gt=1, description="Tokens generated per timed request.")
     threads: int | None = Field(None, ge=1, description="Threads for onnxruntime/llama.cpp (default: all cores).")

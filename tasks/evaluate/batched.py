@@ -59,9 +59,8 @@ def engine_answers(path: str | Path, prompts: Sequence[list[int]], max_new_token
 def hf_answers(model: Any, tokenizer: Any, conversations: Sequence[list[dict[str, str]]], max_new_tokens: int,
                label: str) -> list[str]:
     """Greedy answers of a transformers model, in left-padded batches of similar prompt length."""
-    from tasks.train.generation import generate_answers
-
     from tasks.data.chat import prompt_ids
+    from tasks.train.generation import generate_answers
 
     lengths = [len(prompt_ids(tokenizer, conv)) for conv in conversations]
     order = sorted(range(len(conversations)), key=lengths.__getitem__)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
-SCORED = ("perplexity", "perplexity_heldout", "exact_match", "ttft_ms", "decode_tokens_per_s", "latency_p50_ms",
-          "latency_p95_ms", "size_mb")
-"""Metrics ``evaluate`` measures for every model."""
+SCORED = ("perplexity", "perplexity_heldout", "perplexity_text", "exact_match", "ttft_ms", "decode_tokens_per_s",
+          "latency_p50_ms", "latency_p95_ms", "size_mb")
+"""Metrics ``evaluate`` measures for every model (perplexity_text only with ``evaluate.real_text``)."""
 DEGRADATION = ("perplexity_increase", "exact_match_drop")
 """Metrics of an artifact relative to its fp32 parent (relative perplexity increase, absolute exact-match drop)."""
 HIGHER_IS_BETTER = frozenset({"exact_match", "decode_tokens_per_s"})

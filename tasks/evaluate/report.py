@@ -11,7 +11,7 @@ from tasks.evaluate.score import EvalReport
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["exact_match", "perplexity", "perplexity_heldout", "perplexity_increase", "ttft_ms",
+COLUMNS = ["exact_match", "perplexity", "perplexity_heldout", "perplexity_text", "perplexity_increase", "ttft_ms",
            "decode_tokens_per_s", "latency_p50_ms", "latency_p95_ms", "size_mb"]
 
 

@@ -71,6 +71,17 @@ def heldout_examples(tokenizer: Any, data: PreparedData, cfg: EvalConfig,
     return [(ids, ids) for _, ids in encoded]
 
 
+def text_windows(tokenizer: Any, cfg: EvalConfig) -> list[tuple[list[int], list[int]]]:
+    """``evaluate.real_text`` tokenized whole and cut into windows of ``real_text_window`` tokens (the last one
+    shorter); every token of a window but its first is scored."""
+    path = Path(cfg.real_text or "")
+    if not path.is_file():
+        raise ConfigError(f"evaluate.real_text: file not found: {path}")
+    ids = tokenizer(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
+    step = cfg.real_text_window
+    return [(ids[i: i + step], ids[i: i + step]) for i in range(0, len(ids), step) if len(ids[i: i + step]) > 1]
+
+
 def greedy_answers(name: str, kind: str, path: str, runner: Any, tokenizer: Any,
                    conversations: list[list[dict[str, str]]], cfg: EvalConfig) -> list[str]:
     """Every test row's greedy answer: batched for ONNX (the serving engine) and transformers, one row at a time
@@ -105,6 +116,7 @@ def score(name: str, kind: str, path: str, tokenizer_path: str, data: PreparedDa
     metrics = {
         "perplexity": perplexity(runner, test),
         "perplexity_heldout": perplexity(runner, heldout_examples(tokenizer, data, cfg, max_length)),
+        **({"perplexity_text": perplexity(runner, text_windows(tokenizer, cfg))} if cfg.real_text else {}),
         "exact_match": hits / max(len(conversations), 1),
         "ttft_ms": 1000 * statistics.median(t.ttft_s for t in timings),
         "decode_tokens_per_s": statistics.median(decode),

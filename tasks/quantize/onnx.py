@@ -33,7 +33,7 @@ def build_onnx(model: ModelDir, precision: OnnxPrecision, cfg: QuantizeConfig, o
     options = list(extra_options)
     if precision == "int4":
         # onnxruntime-genai 0.18 reads the un-prefixed names; its documented int4_* aliases are silently ignored
-        options += [f"block_size={cfg.int4_block_size}", f"algo_config={cfg.int4_algorithm}"]
+        options += int4_options(cfg)
     if options:
         cmd += ["--extra_options", *options]
     run_tool(cmd, f"onnxruntime-genai builder ({precision})", out.parent / f"{out.name}.log")
@@ -44,11 +44,25 @@ def build_onnx(model: ModelDir, precision: OnnxPrecision, cfg: QuantizeConfig, o
         if built != {cfg.int4_block_size}:
             raise QuantizeError(f"onnx-int4: asked for block size {cfg.int4_block_size}, the builder wrote "
                                 f"{sorted(built) or 'no int4 MatMul'}")
+        levels = {n["accuracy_level"] for n in matmuls}
+        if cfg.int4_accuracy_level is not None and levels != {cfg.int4_accuracy_level}:
+            raise QuantizeError(f"onnx-int4: asked for accuracy level {cfg.int4_accuracy_level}, the builder wrote "
+                                f"{sorted(levels)}")
         int8 = [n["name"] for n in matmuls if n["bits"] == 8]
         if cfg.int4_algorithm.endswith("_last") and not any("lm_head" in name for name in int8):
             raise QuantizeError(f"onnx-int4: asked for an int8 lm_head ({cfg.int4_algorithm}); the builder wrote "
                                 f"int8 MatMuls {int8 or 'none'}")
     return artifact
+
+
+def int4_options(cfg: QuantizeConfig) -> list[str]:
+    """The builder's int4 ``key=value`` options for ``cfg`` ."""
+    options = [f"block_size={cfg.int4_block_size}", f"algo_config={cfg.int4_algorithm}"]
+    if cfg.int4_accuracy_level is not None:
+        options.append(f"accuracy_level={cfg.int4_accuracy_level}")
+    if cfg.int4_embeddings:
+        options.append("op_types_to_quantize=MatMul/Gather")
+    return options
 
 
 def check_k_quant_blocks(model: ModelDir, block_size: int) -> None:

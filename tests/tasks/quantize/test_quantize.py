@@ -66,6 +66,9 @@ def test_int4_settings_take_effect_in_the_built_model(onnx_models, teacher, tmp_
     int8 = [m["name"] for m in quantized_matmuls(last.path) if m["bits"] == 8]
     assert len(int8) == 1 and "lm_head" in int8[0], int8
     assert {m["accuracy_level"] for m in quantized_matmuls(onnx_models["int4"].path)} == {4}, "int8 activations"
+    fp32_compute = build_onnx(teacher, "int4", QuantizeConfig(int4_block_size=16, int4_accuracy_level=1),
+                              tmp_path / "acc1")
+    assert {m["accuracy_level"] for m in quantized_matmuls(fp32_compute.path)} == {1}
     assert quantized_matmuls(onnx_models["int8"].path) == [] or all(
         m["bits"] == 8 for m in quantized_matmuls(onnx_models["int8"].path))
 
