@@ -10,8 +10,10 @@ from typing import Any
 
 from infra.serving.engine import Engine, EngineConfig
 from infra.serving.protocol import Done, Event, Failed, GenerationRequest, Sampling
+from tasks.data.chat import prompt_ids
 from tasks.errors import SlmopsError
 from tasks.progress import Progress
+from tasks.train.generation import generate_answers
 
 ROWS = 16  # rows decoded together: past ~16 on 2 cores a step costs about what two smaller ones do
 
@@ -59,9 +61,6 @@ def engine_answers(path: str | Path, prompts: Sequence[list[int]], max_new_token
 def hf_answers(model: Any, tokenizer: Any, conversations: Sequence[list[dict[str, str]]], max_new_tokens: int,
                label: str) -> list[str]:
     """Greedy answers of a transformers model, in left-padded batches of similar prompt length."""
-    from tasks.data.chat import prompt_ids
-    from tasks.train.generation import generate_answers
-
     lengths = [len(prompt_ids(tokenizer, conv)) for conv in conversations]
     order = sorted(range(len(conversations)), key=lengths.__getitem__)
     answers: list[str] = [""] * len(conversations)
