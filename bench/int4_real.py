@@ -26,6 +26,11 @@ VARIANTS = {  # label: QuantizeConfig fields (olive: the Olive GPTQ path)
     "k_quant_last b32, int4 embeddings": {"int4_algorithm": "k_quant_last", "int4_embeddings": True},
     "k_quant b16": {"int4_block_size": 16},
     "GPTQ b32": {"olive": True},
+    "GPTQ b32, 256 rows": {"olive": True, "olive_calibration_samples": 256},
+    "GPTQ b32, 256 rows, int8 lm_head": {"olive": True, "olive_calibration_samples": 256,
+                                         "int4_algorithm": "k_quant_last"},
+    "GPTQ b32, 256 rows, damp 0.1": {"olive": True, "olive_calibration_samples": 256, "olive_damp_percent": 0.1},
+    "GPTQ b16, 256 rows": {"olive": True, "olive_calibration_samples": 256, "int4_block_size": 16},
 }
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tasks.errors import ConfigError
 from tasks.settings import get_settings
+
+if TYPE_CHECKING:
+    from tasks.config import TryItConfig
 
 TARGET_NAMES = ("local", "foundry", "ollama", "sagemaker")
 
@@ -75,16 +79,16 @@ def _run_pipeline(config_path: Path, overrides: list[str], deploy_port: int | No
           f"{served['decode_tokens_per_s']:.0f} tokens/s, {served['size_mb']:.2f} MB")
     print("  seconds: " + ", ".join(f"{k}={v:.1f}" for k, v in summary.seconds.items()))
     home = get_settings().root
-    if deploy_port is not None and "champion" in reg.aliases:
-        _deploy_and_chat(f"{reg.name}@champion", deploy_port)
+    if (deploy_port is not None or config.try_it.deploy_local) and "champion" in reg.aliases:
+        _deploy_and_chat(f"{reg.name}@champion", config.try_it, deploy_port)
     print("\nopen the UIs:")
     print(f"  mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}      # http://127.0.0.1:5000")
     print(f"  PREFECT_HOME={home / 'prefect'} prefect server start           # http://127.0.0.1:4200")
     return 0
 
 
-def _deploy_and_chat(model_ref: str, port: int) -> None:
-    """Deploy ``model_ref`` on the local target and print one chat completion from it (openai client)."""
+def _deploy_and_chat(model_ref: str, try_it: TryItConfig, port: int | None = None) -> None:
+    """Deploy ``model_ref`` on the local target and print its answer to ``try_it.question`` (openai client)."""
     from openai import OpenAI
 
     from flows.deploy import deploy_model
@@ -93,15 +97,16 @@ def _deploy_and_chat(model_ref: str, port: int) -> None:
     from infra.targets.store import DeploymentStore
 
     name = model_ref.split("@")[0]
+    port = port or try_it.port
     if DeploymentStore(get_settings().root, "local").load(name) is not None:
         port = None  # blue/green on the deployment's current stable port
     elif not port_free(port):
         port = free_port()
     deployment = deploy_model(model_ref, LocalTargetConfig(port=port))
     client = OpenAI(base_url=deployment.endpoint, api_key="not-needed")
-    question = "Reverse: d e c a f"
+    question = try_it.question
     reply = client.chat.completions.create(model=name, messages=[{"role": "user", "content": question}],
-                                           max_tokens=16, temperature=0)
+                                           max_tokens=try_it.max_tokens, temperature=0)
     print(f"\n{model_ref} (version {deployment.release.version}) serves at {deployment.endpoint}")
     print(f"  openai client → {question!r}: {reply.choices[0].message.content!r}")
     print(f"  stop it with: slmops undeploy {name} --target local")

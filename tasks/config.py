@@ -93,8 +93,10 @@ class QuantizeConfig(StageConfig):
                                   "(GatherBlockQuantized); without it the table stays fp32, the largest part "
                                   "of a small model with a big vocabulary.")
     olive_gptq: bool = Field(False, description="Also build an int4 model with Olive: GPTQ calibrated on the "
-                             "train split, then ModelBuilder.")
+                             "train split, then built to ONNX by the model builder with the int4 settings above.")
     olive_calibration_samples: int = Field(64, gt=0, description="Train rows used to calibrate GPTQ.")
+    olive_damp_percent: float = Field(0.01, gt=0, lt=1, description="GPTQ damping: share of the mean Hessian "
+                                      "diagonal added before inverting it.")
     gguf: list[GgufType] = Field([], description="GGUF files to build for Ollama / llama.cpp "
                                  "(needs the llama-cpp-python extra).")
     served: str = Field("onnx-int4", description="Artifact that is registered and deployed: one of the ONNX "
@@ -175,6 +177,16 @@ class RuntimeConfig(StageConfig):
     threads: int | None = Field(None, ge=1, description="Torch CPU threads (default: SLMOPS_THREADS or torch's).")
 
 
+class TryItConfig(StageConfig):
+    """After a run: deploy the champion on the local target and ask it one question (openai client)."""
+
+    deploy_local: bool = Field(False, description="Deploy the champion on the local target after the run and print "
+                               "its answer to `question` (slmops demo always does).")
+    port: int = Field(8080, ge=1, le=65535, description="Port of the local deployment (a free one when taken).")
+    question: str = Field("Reverse: d e c a f", min_length=1, description="User message sent to the deployment.")
+    max_tokens: int = Field(24, gt=0, description="Most tokens of the printed answer.")
+
+
 class PipelineConfig(StageConfig):
     """The whole pipeline: data → distill → LoRA → merge → quantize → evaluate → gate → register."""
 
@@ -187,6 +199,7 @@ class PipelineConfig(StageConfig):
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    try_it: TryItConfig = Field(default_factory=TryItConfig)
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:

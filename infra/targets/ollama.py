@@ -19,7 +19,12 @@ MARK = "\x00"
 
 
 def go_template(model_dir: Path) -> tuple[str, list[str]]:
-    """An Ollama (Go) TEMPLATE equivalent to the tokenizer's chat template, and the stop strings."""
+    """An Ollama (Go) TEMPLATE equivalent to the tokenizer's chat template, and the stop strings.
+
+    Each role's turn is read off the Jinja template twice: as the first message (where templates put a BOS or a
+    default system prompt, e.g. SmolLM2's "You are a helpful AI assistant named SmolLM") and after an earlier
+    exchange. The Go template picks between the two by the message's index.
+    """
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -27,18 +32,28 @@ def go_template(model_dir: Path) -> tuple[str, list[str]]:
     def render(messages: list[dict[str, str]], generation: bool = False) -> str:
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
 
-    branches = []
+    earlier = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    first, later = [], []
     for role in ("system", "user", "assistant"):
-        try:
-            prefix, suffix = render([{"role": role, "content": MARK}]).split(MARK)
-        except Exception:  # a template may refuse a lone turn of this role
-            continue
-        branches.append(f'eq .Role "{role}" }}}}{prefix}{{{{ .Content }}}}{suffix}')
+        for history, branches in (([], first), (earlier, later)):
+            try:
+                before = render(history) if history else ""
+                text = render([*history, {"role": role, "content": MARK}])
+            except Exception:  # a template may refuse this role here
+                continue
+            if not text.startswith(before):
+                continue
+            prefix, suffix = text[len(before):].split(MARK)
+            branches.append(f'eq .Role "{role}" }}}}{prefix}{{{{ .Content }}}}{suffix}')
     user_only = render([{"role": "user", "content": "x"}])
     generation = render([{"role": "user", "content": "x"}], generation=True)[len(user_only):]
-    body = "{{ if " + "{{ else if ".join(branches) + "{{ end }}"
+
+    def chain(branches: list[str]) -> str:
+        return "{{ if " + "{{ else if ".join(branches) + "{{ end }}"
+
+    body = "{{ if eq $i 0 }}" + chain(first) + "{{ else }}" + chain(later or first) + "{{ end }}"
     stops = [t for t in (tok.eos_token, *getattr(tok, "additional_special_tokens", [])) if t]
-    return "{{ range .Messages }}" + body + "{{ end }}" + generation, list(dict.fromkeys(stops))
+    return "{{ range $i, $m := .Messages }}" + body + "{{ end }}" + generation, list(dict.fromkeys(stops))
 
 
 def modelfile(gguf_name: str, template: str, parameters: dict) -> str:

@@ -14,7 +14,7 @@ HIGHER_IS_BETTER = frozenset({"exact_match", "decode_tokens_per_s"})
 
 
 class _Scorer(Protocol):
-    def nll(self, ids: list[int], labels: list[int]) -> tuple[float, int]: ...
+    def nll_many(self, examples: list[tuple[list[int], list[int]]]) -> list[tuple[float, int]]: ...
 
 
 def is_exact_match(answer: str, reference: str) -> bool:
@@ -29,9 +29,7 @@ def exact_match_rate(answers: list[str], references: list[str]) -> float:
 
 
 def perplexity(runner: _Scorer, examples: list[tuple[list[int], list[int]]]) -> float:
-    """exp(mean NLL) over the labelled tokens of ``examples``."""
-    total, count = 0.0, 0
-    for ids, labels in examples:
-        nll, n = runner.nll(ids, labels)
-        total, count = total + nll, count + n
+    """exp(mean NLL) over the labelled tokens of ``examples`` (scored in batches where the runner can)."""
+    scored = runner.nll_many(examples)
+    total, count = sum(nll for nll, _ in scored), sum(n for _, n in scored)
     return math.exp(total / max(count, 1))

@@ -20,12 +20,19 @@ from tasks.decoding import OgModel
 from tasks.modeling import load_model, load_tokenizer
 from tasks.records import Generation
 
+Example = tuple[list[int], list[int]]
+"""Token ids and their labels (``IGNORE_INDEX`` where a token is not scored)."""
+NLL_ROWS = 16  # sequences scored in one forward pass
+
 
 class Runner(Protocol):
     """What evaluation needs from a model."""
 
     def nll(self, ids: list[int], labels: list[int]) -> tuple[float, int]:
         """Summed negative log-likelihood of the labelled tokens, and their count."""
+
+    def nll_many(self, examples: list[Example]) -> list[tuple[float, int]]:
+        """``nll`` of every example, computed in padded batches where the format allows it."""
 
     def generate(self, prompt: list[int], max_new_tokens: int, min_new_tokens: int = 0) -> Generation:
         """Greedy continuation of ``prompt``."""
@@ -41,6 +48,37 @@ def nll_from_logits(logits: np.ndarray, ids: list[int], labels: list[int]) -> tu
     return float((logz - picked).sum()), int(keep.sum())
 
 
+def length_batches(examples: list[Example], rows: int = NLL_ROWS) -> list[list[int]]:
+    """Indices of ``examples`` grouped ``rows`` at a time by similar length (little padding per batch)."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    return [order[i: i + rows] for i in range(0, len(order), rows)]
+
+
+def right_padded(examples: list[Example], batch: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Ids (padded with 0 after the end) and the attention mask of the examples in ``batch``.
+
+    Right padding leaves every real position's logits as they are alone: causal attention never looks ahead.
+    """
+    width = max(len(examples[i][0]) for i in batch)
+    ids = np.zeros((len(batch), width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, i in enumerate(batch):
+        n = len(examples[i][0])
+        ids[row, :n], mask[row, :n] = examples[i][0], 1
+    return ids, mask
+
+
+def batched_nll(examples: list[Example], logits_of: Any) -> list[tuple[float, int]]:
+    """``nll_from_logits`` of every example, ``logits_of(ids, mask)`` giving a padded batch's logits."""
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+    for batch in length_batches(examples):
+        logits = logits_of(*right_padded(examples, batch))
+        for row, i in enumerate(batch):
+            ids, labels = examples[i]
+            out[i] = nll_from_logits(logits[row, : len(ids)].astype(np.float32), ids, labels)
+    return out
+
+
 class HfRunner:
     """A transformers causal LM in fp32 on CPU (or the chosen device)."""
 
@@ -53,6 +91,14 @@ class HfRunner:
     def nll(self, ids: list[int], labels: list[int]) -> tuple[float, int]:
         logits = self.model(torch.tensor([ids], device=self.device)).logits[0].float().cpu().numpy()
         return nll_from_logits(logits, ids, labels)
+
+    @torch.no_grad()
+    def _logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        out = self.model(torch.from_numpy(ids).to(self.device), attention_mask=torch.from_numpy(mask).to(self.device))
+        return out.logits.float().cpu().numpy()
+
+    def nll_many(self, examples: list[Example]) -> list[tuple[float, int]]:
+        return batched_nll(examples, self._logits)
 
     @torch.no_grad()
     def generate(self, prompt: list[int], max_new_tokens: int, min_new_tokens: int = 0) -> Generation:
@@ -91,20 +137,25 @@ class OnnxRunner:
         self.model = OgModel(self.path, threads).model  # the generator gets the same threads as the session
         self._og = og
 
-    def _empty_past(self, name: str) -> np.ndarray:
+    def _empty_past(self, name: str, rows: int) -> np.ndarray:
         dtype = np.float16 if "float16" in self._inputs[name].type else np.float32
-        return np.zeros((1, self._kv_shape[0], 0, self._kv_shape[1]), dtype=dtype)
+        return np.zeros((rows, self._kv_shape[0], 0, self._kv_shape[1]), dtype=dtype)
+
+    def _logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feed: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+        for name in self._inputs:
+            if name.startswith("past_key_values"):
+                feed[name] = self._empty_past(name, len(ids))
+            elif name == "position_ids":
+                feed[name] = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
+        return self.session.run(["logits"], feed)[0]
 
     def nll(self, ids: list[int], labels: list[int]) -> tuple[float, int]:
         arr = np.asarray([ids], dtype=np.int64)
-        feed: dict[str, Any] = {"input_ids": arr, "attention_mask": np.ones_like(arr)}
-        for name in self._inputs:
-            if name.startswith("past_key_values"):
-                feed[name] = self._empty_past(name)
-            elif name == "position_ids":
-                feed[name] = np.arange(arr.shape[1], dtype=np.int64)[None]
-        logits = self.session.run(["logits"], feed)[0][0]
-        return nll_from_logits(logits.astype(np.float32), ids, labels)
+        return nll_from_logits(self._logits(arr, np.ones_like(arr))[0].astype(np.float32), ids, labels)
+
+    def nll_many(self, examples: list[Example]) -> list[tuple[float, int]]:
+        return batched_nll(examples, self._logits)
 
     def generate(self, prompt: list[int], max_new_tokens: int, min_new_tokens: int = 0) -> Generation:
         og = self._og
@@ -142,6 +193,9 @@ class GgufRunner:
         self.llm.reset()
         self.llm.eval(ids)
         return nll_from_logits(self.llm.scores[: len(ids)].copy(), ids, labels)
+
+    def nll_many(self, examples: list[Example]) -> list[tuple[float, int]]:
+        return [self.nll(ids, labels) for ids, labels in examples]  # one llama.cpp context: one row at a time
 
     def generate(self, prompt: list[int], max_new_tokens: int, min_new_tokens: int = 0) -> Generation:
         self.llm.reset()

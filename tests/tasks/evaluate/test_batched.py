@@ -36,3 +36,21 @@ def test_hf_batches_answer_what_one_row_answers(tiny_assets: Path) -> None:
     alone = [a.strip() for a in one_at_a_time(runner, runner.tokenizer, conversations, 16)]
     assert batched == alone
     assert len(set(batched)) >= 2  # the tiny teacher trains 40 steps: few distinct answers
+
+
+def test_batched_perplexity_equals_row_at_a_time(tiny_onnx: Path, tiny_assets: Path) -> None:
+    # given: 40 conversations of varied length, so batches carry right padding
+    from tasks.data.chat import render_ids
+
+    conversations = read_prepared(str(tiny_assets / "data" / "test.jsonl"))[:40]
+    tokenizer = load_tokenizer(str(tiny_onnx))
+    examples = [(ids, ids) for ids in (render_ids(tokenizer, c, add_generation_prompt=False) for c in conversations)]
+    assert len({len(ids) for ids, _ in examples}) > 3
+    for runner in (OnnxRunner(str(tiny_onnx), 2), HfRunner(str(tiny_assets / "teacher"))):
+        # when: scored in padded batches and one row at a time
+        batched = runner.nll_many(examples)
+        alone = [runner.nll(ids, labels) for ids, labels in examples]
+        # then: every row's NLL and token count are the same (to float rounding)
+        assert [n for _, n in batched] == [n for _, n in alone]
+        for (a, _), (b, _) in zip(batched, alone, strict=True):
+            assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (type(runner).__name__, a, b)
