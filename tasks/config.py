@@ -126,6 +126,8 @@ class EvalConfig(StageConfig):
     limit: int | None = Field(None, gt=0, description="Score only the first N test rows (default: all).")
     heldout_text: str | None = Field(None, description="Plain-text file (one passage per line) for held-out "
                                      "perplexity; default: the validation split rendered with the chat template.")
+    heldout_limit: int | None = Field(None, gt=0, description="Score only the first N held-out passages "
+                                      "(default: evaluate.limit).")
     real_text: str | None = Field(None, description="A real English text (a plain file, read whole) scored as "
                                   "perplexity_text in windows of real_text_window tokens for every artifact, "
                                   "besides the task, e.g. /usr/share/common-licenses/GPL-3 (Debian base-files).")

@@ -63,7 +63,7 @@ def heldout_examples(tokenizer: Any, data: PreparedData, cfg: EvalConfig,
         source = data.sources.get(split) or getattr(data, split)
         encoded = [(n, render_ids(tokenizer, m, add_generation_prompt=False))
                    for n, m in read_prepared_rows(getattr(data, split))]
-    encoded = encoded[: cfg.limit]
+    encoded = encoded[: cfg.heldout_limit or cfg.limit]
     too_long = [f"{source}:{n}: {len(ids)} tokens > data.max_length {max_length}"
                 for n, ids in encoded if len(ids) > max_length]
     if too_long:

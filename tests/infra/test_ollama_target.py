@@ -18,6 +18,7 @@ from infra.targets.base import DeployError
 from infra.targets.config import OllamaTargetConfig
 from infra.targets.ollama import OllamaTarget, go_template
 from tasks.records import ModelRelease
+from tests.fixtures.ollama_server import render
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,8 @@ def test_go_template_renders_like_the_chat_template_in_go(tiny_onnx: Path, tmp_p
     expected = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert render_with_go(template, messages, tmp_path) == expected
     assert tok.eos_token in stops
+    # and the Ollama test server's template subset renders it the same way
+    assert render(template, {"messages": messages}) == expected
 
 
 def test_ollama_deploy_verify_replace_and_undeploy(ollama_server, tiny_onnx: Path, gguf, tmp_path: Path) -> None:
@@ -90,7 +93,7 @@ def test_ollama_deploy_verify_replace_and_undeploy(ollama_server, tiny_onnx: Pat
     assert v1.details["model"] == "tiny-slm:v1" and v1.details["gguf"] == "f16"
     assert [m.model for m in client.list().models] == ["tiny-slm:v1"]
     shown = client.show("tiny-slm:v1")
-    assert "{{ range .Messages }}" in shown.template and "<|im_end|>" in shown.parameters
+    assert ":= .Messages }}" in shown.template and "<|im_end|>" in shown.parameters
     streamed = "".join(part.response for part in client.generate(model="tiny-slm:v1", prompt="Reverse: a b c",
                                                                   stream=True, options={"num_predict": 8}))
     whole = client.generate(model="tiny-slm:v1", prompt="Reverse: a b c", options={"num_predict": 8}).response
