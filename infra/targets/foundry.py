@@ -6,13 +6,13 @@ from the model's own chat template. foundry-local-sdk 2.x runs in-process on Lin
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from infra.targets.base import DeployError, Deployment, DeploymentStatus, RecordedTarget, check_answer, now
+from infra.targets.chat_turns import chat_turns
 from infra.targets.config import FoundryTargetConfig
 from tasks.quantize.adapters import adapter_files
 from tasks.records import ModelRelease
@@ -21,18 +21,22 @@ PLACEHOLDER = "{Content}"
 
 
 def prompt_template(model_dir: Path) -> dict[str, str]:
-    """Foundry's PromptTemplate (system/user/assistant/prompt) rendered from the tokenizer's chat template."""
-    from transformers import AutoTokenizer
+    """Foundry's PromptTemplate (system/user/assistant/prompt) from the tokenizer's chat template.
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    Foundry repeats a role's template for every such message, so user and assistant turns are read after an
+    earlier exchange: a default system prompt that a template puts before the first message (SmolLM2's) is not
+    repeated before every user turn.
+    """
+    turns = chat_turns(model_dir)
 
-    def render(role: str, generation: bool = False) -> str:
-        return tok.apply_chat_template([{"role": role, "content": PLACEHOLDER}], tokenize=False,
-                                       add_generation_prompt=generation)
+    def fill(turn: tuple[str, str]) -> str:
+        return turn[0] + PLACEHOLDER + turn[1]
 
-    template = {"assistant": render("assistant"), "prompt": render("user", generation=True), "user": render("user")}
-    with contextlib.suppress(Exception):  # some templates refuse a lone system turn: no system template then
-        template["system"] = render("system")
+    template = {role: fill(turns.later[role]) for role in ("user", "assistant") if role in turns.later}
+    template["prompt"] = template["user"] + turns.generation
+    system = turns.first.get("system") or turns.later.get("system")
+    if system:  # some templates refuse a system turn: no system template then
+        template["system"] = fill(system)
     return template
 
 

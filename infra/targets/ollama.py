@@ -11,49 +11,27 @@ from pathlib import Path
 import httpx
 
 from infra.targets.base import DeployError, Deployment, DeploymentStatus, RecordedTarget, check_answer, now
+from infra.targets.chat_turns import chat_turns
 from infra.targets.config import OllamaTargetConfig
 from tasks.records import ModelRelease, digest_file
 
 log = logging.getLogger(__name__)
-MARK = "\x00"
 
 
 def go_template(model_dir: Path) -> tuple[str, list[str]]:
     """An Ollama (Go) TEMPLATE equivalent to the tokenizer's chat template, and the stop strings.
 
-    Each role's turn is read off the Jinja template twice: as the first message (where templates put a BOS or a
-    default system prompt, e.g. SmolLM2's "You are a helpful AI assistant named SmolLM") and after an earlier
-    exchange. The Go template picks between the two by the message's index.
+    The Go template picks each message's turn by role, and by index between the first-message form (where
+    templates put a BOS or a default system prompt, e.g. SmolLM2's) and the form after an earlier exchange.
     """
-    from transformers import AutoTokenizer
+    turns = chat_turns(model_dir)
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    def chain(branches: dict[str, tuple[str, str]]) -> str:
+        return "{{ if " + "{{ else if ".join(f'eq .Role "{role}" }}}}{pre}{{{{ .Content }}}}{post}'
+                                              for role, (pre, post) in branches.items()) + "{{ end }}"
 
-    def render(messages: list[dict[str, str]], generation: bool = False) -> str:
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
-
-    earlier = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
-    first, later = [], []
-    for role in ("system", "user", "assistant"):
-        for history, branches in (([], first), (earlier, later)):
-            try:
-                before = render(history) if history else ""
-                text = render([*history, {"role": role, "content": MARK}])
-            except Exception:  # a template may refuse this role here
-                continue
-            if not text.startswith(before):
-                continue
-            prefix, suffix = text[len(before):].split(MARK)
-            branches.append(f'eq .Role "{role}" }}}}{prefix}{{{{ .Content }}}}{suffix}')
-    user_only = render([{"role": "user", "content": "x"}])
-    generation = render([{"role": "user", "content": "x"}], generation=True)[len(user_only):]
-
-    def chain(branches: list[str]) -> str:
-        return "{{ if " + "{{ else if ".join(branches) + "{{ end }}"
-
-    body = "{{ if eq $i 0 }}" + chain(first) + "{{ else }}" + chain(later or first) + "{{ end }}"
-    stops = [t for t in (tok.eos_token, *getattr(tok, "additional_special_tokens", [])) if t]
-    return "{{ range $i, $m := .Messages }}" + body + "{{ end }}" + generation, list(dict.fromkeys(stops))
+    body = "{{ if eq $i 0 }}" + chain(turns.first) + "{{ else }}" + chain(turns.later) + "{{ end }}"
+    return "{{ range $i, $m := .Messages }}" + body + "{{ end }}" + turns.generation, turns.stops
 
 
 def modelfile(gguf_name: str, template: str, parameters: dict) -> str:

@@ -9,8 +9,9 @@ import pytest
 
 from infra.targets.base import DeployError
 from infra.targets.config import FoundryTargetConfig
-from infra.targets.foundry import FoundryTarget
+from infra.targets.foundry import FoundryTarget, prompt_template
 from tasks.records import ModelRelease
+from tests.fixtures.chat_templates import SMOLLM2
 
 
 def test_foundry_registers_loads_and_chats(tiny_onnx: Path, tmp_path: Path) -> None:
@@ -35,6 +36,23 @@ def test_foundry_registers_loads_and_chats(tiny_onnx: Path, tmp_path: Path) -> N
     assert loaded == ["tiny-slm:2"]
     target.undeploy("tiny-slm")
     assert target.catalog().list_models() == [] and target.status("tiny-slm") is None
+
+
+def test_prompt_template_keeps_a_default_system_prompt_out_of_every_user_turn(tiny_onnx: Path,
+                                                                               tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    # given the tiny model's tokenizer with SmolLM2's template (a default system prompt before a first user turn)
+    tok = AutoTokenizer.from_pretrained(str(tiny_onnx))
+    tok.chat_template = SMOLLM2
+    tok.save_pretrained(tmp_path)
+    # when Foundry's PromptTemplate is derived from it
+    template = prompt_template(tmp_path)
+    # then each role's template is that role's turn alone, which Foundry repeats per message
+    assert template == {"system": "<|im_start|>system\n{Content}<|im_end|>\n",
+                        "user": "<|im_start|>user\n{Content}<|im_end|>\n",
+                        "assistant": "<|im_start|>assistant\n{Content}<|im_end|>\n",
+                        "prompt": "<|im_start|>user\n{Content}<|im_end|>\n<|im_start|>assistant\n"}
 
 
 def test_foundry_redeploy_of_the_live_version_touches_it_only_after_the_new_copy_passed(tiny_onnx: Path,

