@@ -31,6 +31,8 @@ VARIANTS = {  # label: QuantizeConfig fields (olive: the Olive GPTQ path)
                                          "int4_algorithm": "k_quant_last"},
     "GPTQ b32, 256 rows, damp 0.1": {"olive": True, "olive_calibration_samples": 256, "olive_damp_percent": 0.1},
     "GPTQ b16, 256 rows": {"olive": True, "olive_calibration_samples": 256, "int4_block_size": 16},
+    "GPTQ b32, 256 rows, accuracy_level 1": {"olive": True, "olive_calibration_samples": 256,
+                                             "int4_accuracy_level": 1},
 }
 
 

@@ -4,10 +4,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -19,6 +16,7 @@ from infra.targets.config import OllamaTargetConfig
 from infra.targets.ollama import OllamaTarget, go_template
 from tasks.records import ModelRelease
 from tests.fixtures.chat_templates import LLAMA3_STYLE, SMOLLM2
+from tests.fixtures.gotemplate import render_with_go
 from tests.fixtures.ollama_server import render
 
 
@@ -29,22 +27,6 @@ def gguf(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
     built = build_gguf(describe_model(str(tiny_assets / "teacher")), ["f16"], tmp_path_factory.mktemp("gguf"))
     return {"f16": built[0].path}
-
-
-def render_with_go(template: str, messages: list[dict[str, str]], tmp_path: Path) -> str:
-    """Render an Ollama TEMPLATE with Go's own text/template (tests/fixtures/gotemplate/main.go)."""
-    go = shutil.which("go")
-    if go is None:
-        if os.environ.get("CI"):
-            pytest.fail("Go is missing: the README's test set-up installs golang-go")
-        pytest.skip("Go (golang-go) is not installed here; CI installs it")
-    program = Path(__file__).resolve().parents[1] / "fixtures" / "gotemplate" / "main.go"
-    env = {**os.environ, "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"),
-           "GOFLAGS": "-mod=mod", "GO111MODULE": "off", "GOTOOLCHAIN": "local"}
-    proc = subprocess.run([go, "run", str(program)], input=json.dumps({"template": template, "messages": messages}),
-                          capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 @pytest.mark.parametrize("chat_template", [None, LLAMA3_STYLE, SMOLLM2], ids=["chatml", "llama3-style", "smollm2"])
