@@ -36,16 +36,23 @@ def _attrs(node: Any) -> dict[str, Any]:
 
 
 def dequantize_nbits(packed: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, k: int, n: int,
-                     block_size: int) -> np.ndarray:
-    """The ``[k, n]`` float32 weight of a 4-bit MatMulNBits: ``(q - zero point) × scale`` per block of
-    ``block_size`` along k (``packed``: ``[n, blocks, block_size / 2]`` bytes, low nibble first; zero points
-    packed two per byte, low nibble first, or absent: 8)."""
+                     block_size: int, bits: int = 4) -> np.ndarray:
+    """The ``[k, n]`` float32 weight of a 4- or 8-bit MatMulNBits: ``(q - zero point) × scale`` per block of
+    ``block_size`` along k (``packed``: ``[n, blocks, block_size × bits / 8]`` bytes, low nibble first for 4 bits;
+    uint8 zero points packed ``8 / bits`` per byte, low nibble first, or float, or absent: ``2^(bits-1)``)."""
+    if bits not in (4, 8):
+        raise Int8Unsupported(f"{bits}-bit MatMulNBits")
     blocks = packed.shape[1]
-    q = np.empty((n, blocks, block_size), np.uint8)
-    q[..., 0::2], q[..., 1::2] = packed & 0x0F, packed >> 4
+    if bits == 8:
+        q = packed.reshape(n, blocks, block_size)
+    else:
+        q = np.empty((n, blocks, block_size), np.uint8)
+        q[..., 0::2], q[..., 1::2] = packed & 0x0F, packed >> 4
     scales = scales.reshape(n, blocks).astype(np.float32)
     if zero_points is None:
-        zp = np.full((n, blocks), 8, np.float32)
+        zp = np.full((n, blocks), 1 << (bits - 1), np.float32)
+    elif zero_points.dtype == np.uint8 and bits == 8:
+        zp = zero_points.reshape(n, -1)[:, :blocks].astype(np.float32)
     elif zero_points.dtype == np.uint8:
         zp = np.empty((n, zero_points.reshape(n, -1).shape[1] * 2), np.uint8)
         zero_points = zero_points.reshape(n, -1)
@@ -65,10 +72,10 @@ def per_column_int8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def int8_matmuls(model: Any, folder: Path) -> int:
-    """Rewrite every 4-bit MatMulNBits of ``model`` (an ``onnx.ModelProto`` whose external weights lie in
+    """Rewrite every 4- or 8-bit MatMulNBits of ``model`` (an ``onnx.ModelProto`` whose external weights lie in
     ``folder``; changed in place) as a DynamicQuantizeMatMul on per-column int8 weights; how many were rewritten.
 
-    Raises ``Int8Unsupported`` when there is none, when one is not 4-bit, reorders its groups (``g_idx``), or
+    Raises ``Int8Unsupported`` when there is none, when one is neither 4- nor 8-bit, reorders its groups (``g_idx``), or
     when the int8 weights would not fit in one serialized graph.
     """
     from onnx import helper, numpy_helper
@@ -88,7 +95,7 @@ def int8_matmuls(model: Any, folder: Path) -> int:
     used: set[str] = set()
     for node in targets:
         attrs = _attrs(node)
-        if attrs.get("bits", 4) != 4:
+        if attrs.get("bits", 4) not in (4, 8):
             raise Int8Unsupported(f"{node.name} is {attrs['bits']}-bit")
         inputs = list(node.input) + [""] * (6 - len(node.input))
         if inputs[4]:
@@ -96,7 +103,7 @@ def int8_matmuls(model: Any, folder: Path) -> int:
         if any(name and name not in initializers for name in inputs[1:4]):
             raise Int8Unsupported(f"{node.name} takes weights that are not initializers")
         weight = dequantize_nbits(array(inputs[1]), array(inputs[2]), array(inputs[3]), attrs["K"], attrs["N"],
-                                  attrs["block_size"])
+                                  attrs["block_size"], attrs.get("bits", 4))
         quantized, scale = per_column_int8(weight)
         p = f"{PREFIX}{node.name}/"
         graph.initializer.extend([numpy_helper.from_array(quantized, p + "B"),

@@ -32,26 +32,30 @@ def run(model, x: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_dequantized_int4_weights_reproduce_what_matmulnbits_computes(symmetric: bool, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("bits", "symmetric"), [(4, False), (4, True), (8, False), (8, True)])
+def test_dequantized_nbits_weights_reproduce_what_matmulnbits_computes(bits: int, symmetric: bool,
+                                                                       tmp_path: Path) -> None:
     from onnx import numpy_helper
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    # given a MatMul of 80 inputs (not a whole number of 32-blocks) quantized to 4-bit MatMulNBits by onnxruntime
+    # given a MatMul of 80 inputs (not a whole number of 32-blocks) quantized to MatMulNBits by onnxruntime (the
+    # real-model builds have int4 layers and an int8 lm_head)
     model, weight = matmul_model(80, 24)
-    quantizer = MatMulNBitsQuantizer(model, block_size=32, is_symmetric=symmetric, accuracy_level=0)
+    algo = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=symmetric, accuracy_level=0, bits=bits)
+    quantizer = MatMulNBitsQuantizer(model, algo_config=algo)
     quantizer.process()
     int4 = quantizer.model.model
     node = next(n for n in int4.graph.node if n.op_type == "MatMulNBits")
     inits = {t.name: numpy_helper.to_array(t) for t in int4.graph.initializer}
     zero_points = inits.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
     assert (zero_points is None) == symmetric
+    assert next(a.i for a in node.attribute if a.name == "bits") == bits
     x = np.random.default_rng(1).normal(size=(5, 80)).astype(np.float32)
     # when its weights are dequantized here
-    dequantized = dequantize_nbits(inits[node.input[1]], inits[node.input[2]], zero_points, 80, 24, 32)
-    # then they give what onnxruntime's int4 kernel computes, and they are the fp32 weights within 4-bit error
+    dequantized = dequantize_nbits(inits[node.input[1]], inits[node.input[2]], zero_points, 80, 24, 32, bits)
+    # then they give what onnxruntime's kernel computes, and they are the fp32 weights within the bits' error
     np.testing.assert_allclose(x @ dequantized, run(int4, x), atol=1e-4)
-    assert np.abs(dequantized - weight).max() < np.abs(weight).max() / 7
+    assert np.abs(dequantized - weight).max() < np.abs(weight).max() / (7 if bits == 4 else 100)
     # and the int8 rewrite of the node answers within int8 error of the int4 node
     packed = node.input[1]
     assert int8_matmuls(int4, tmp_path) == 1
