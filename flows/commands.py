@@ -316,6 +316,20 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    return {"check": cmd_config_check, "docs": cmd_config_docs}[args.config_command](args)
+
+
+def cmd_config_docs(args: argparse.Namespace) -> int:
+    from flows import config_docs
+
+    if args.write:
+        print(f"wrote {config_docs.write()}")
+    else:
+        print(config_docs.render(), end="")
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     import yaml
 

@@ -97,6 +97,17 @@ class QuantizeConfig(StageConfig):
     olive_calibration_samples: int = Field(64, gt=0, description="Train rows used to calibrate GPTQ.")
     olive_damp_percent: float = Field(0.01, gt=0, lt=1, description="GPTQ damping: share of the mean Hessian "
                                       "diagonal added before inverting it.")
+    olive_mixed_precision: Literal["none", "k_quant_down", "k_quant_mixed"] = Field(
+        "none", description="Olive's SelectiveMixedPrecision preset before GPTQ (llama.cpp's choice of sensitive "
+        "layers: the first and last eighth and every third): k_quant_down quantizes their down_proj to int8, "
+        "k_quant_mixed their q/k/v and down_proj; none keeps every layer int4.")
+    olive_calibration_text: str | None = Field(
+        None, description="General text mixed into GPTQ calibration beside the train rows, so the int4 build keeps "
+        "what the model knows besides the task: a plain UTF-8 file, or 'python-docs' (the Python Language "
+        "Reference topics every CPython ships in pydoc_data; PSF License). Cut into windows of data.max_length "
+        "tokens, spread over the whole text.")
+    olive_calibration_text_share: float = Field(0.5, gt=0, lt=1, description="Share of olive_calibration_samples "
+                                                "taken from olive_calibration_text (the rest are train rows).")
     gguf: list[GgufType] = Field([], description="GGUF files to build for Ollama / llama.cpp "
                                  "(needs the llama-cpp-python extra).")
     served: str = Field("onnx-int4", description="Artifact that is registered and deployed: one of the ONNX "
@@ -109,6 +120,13 @@ class QuantizeConfig(StageConfig):
         """Names of the artifacts this config builds, in build order."""
         return ([f"onnx-{p}" for p in self.onnx] + (["olive-gptq-int4"] if self.olive_gptq else [])
                 + [f"gguf-{t}" for t in self.gguf])
+
+    @field_validator("olive_calibration_text")
+    @classmethod
+    def _calibration_text_exists(cls, value: str | None) -> str | None:
+        from tasks.quantize.calibration_text import check_source
+
+        return check_source(value) if value is not None else None
 
     @model_validator(mode="after")
     def _served_is_built(self) -> QuantizeConfig:

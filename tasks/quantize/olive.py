@@ -34,9 +34,10 @@ def workflow(model: ModelDir, calibration: str, cfg: QuantizeConfig, max_length:
             "user_script": str(Path(__file__).with_name("olive_data.py")),
             "load_dataset_config": {"type": "slmops_chat_jsonl", "data_files": calibration,
                                     "model_path": model.path, "max_samples": cfg.olive_calibration_samples,
-                                    "max_length": max_length},
+                                    "max_length": max_length, **calibration_text(cfg)},
         }],
-        "passes": {"gptq": {"type": "Gptq", "data_config": "slmops_calibration", "group_size": cfg.int4_block_size,
+        "passes": {**mixed_precision(cfg),
+                   "gptq": {"type": "Gptq", "data_config": "slmops_calibration", "group_size": cfg.int4_block_size,
                             "damp_percent": cfg.olive_damp_percent}},
         "host": "local_system",
         "target": "local_system",
@@ -44,6 +45,22 @@ def workflow(model: ModelDir, calibration: str, cfg: QuantizeConfig, max_length:
         "output_dir": str(out),
         "log_severity_level": 1,
     }
+
+
+def mixed_precision(cfg: QuantizeConfig) -> dict:
+    """Olive's SelectiveMixedPrecision pass for ``olive_mixed_precision`` (none: no pass); GPTQ reads its choice."""
+    if cfg.olive_mixed_precision == "none":
+        return {}
+    return {"mixed_precision": {"type": "SelectiveMixedPrecision", "algorithm": cfg.olive_mixed_precision,
+                                "bits": 4, "high_bits": 8}}
+
+
+def calibration_text(cfg: QuantizeConfig) -> dict:
+    """The calibration dataset's general-text arguments (none without ``olive_calibration_text``)."""
+    if not cfg.olive_calibration_text:
+        return {}
+    return {"text": cfg.olive_calibration_text,
+            "text_samples": round(cfg.olive_calibration_samples * cfg.olive_calibration_text_share)}
 
 
 def gptq_checkpoint(out: Path) -> Path:

@@ -26,18 +26,28 @@ class _Calibration(torch.utils.data.Dataset):
 
 @Registry.register_dataset()
 def slmops_chat_jsonl(data_files: str, model_path: str, max_samples: int = 64, max_length: int = 256,
-                      **_: object) -> _Calibration:
-    """Whole conversations of a prepared split, rendered with the model's chat template and tokenized."""
+                      text: str | None = None, text_samples: int = 0, **_: object) -> _Calibration:
+    """Whole conversations of a prepared split, rendered with the model's chat template and tokenized; with
+    ``text``, ``text_samples`` of the ``max_samples`` rows are windows of that general text instead (interleaved)."""
     from transformers import AutoTokenizer
 
     from tasks.data.chat import render_ids
+    from tasks.quantize.calibration_text import text_rows
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    lines = [line for line in Path(data_files).read_text().splitlines() if line.strip()][:max_samples]
+    general = text_rows(tokenizer, text, text_samples, max_length) if text and text_samples else []
+    lines = [line for line in Path(data_files).read_text().splitlines() if line.strip()][:max_samples - len(general)]
     rows = []
     for number, line in enumerate(lines, start=1):
         ids = render_ids(tokenizer, json.loads(line)["messages"], add_generation_prompt=False)
         if len(ids) > max_length:  # never cut silently: a cut row would calibrate on text the model never sees
             raise ValueError(f"{data_files}:{number}: {len(ids)} tokens > data.max_length {max_length}")
         rows.append(ids)
-    return _Calibration(rows)
+    return _Calibration(interleave(rows, general))
+
+
+def interleave(first: list[list[int]], second: list[list[int]]) -> list[list[int]]:
+    """Rows of both lists alternating while both last, then the rest of the longer one."""
+    mixed = [row for pair in zip(first, second, strict=False) for row in pair]
+    shorter = min(len(first), len(second))
+    return mixed + first[shorter:] + second[shorter:]

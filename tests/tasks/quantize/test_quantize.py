@@ -104,6 +104,25 @@ def test_olive_gptq_yields_a_model_that_loads_and_generates(teacher, tiny_assets
     assert math.isfinite(_ppl(runner, data))
 
 
+def test_olive_gptq_with_general_text_keeps_the_sensitive_down_projections_in_int8(teacher, tiny_assets: Path,
+                                                                                  tmp_path: Path) -> None:
+    from tasks.quantize.olive import build_olive_gptq
+
+    # given GPTQ calibrated on train rows mixed with Python's reference text, with llama.cpp's choice of sensitive
+    # layers kept in int8 (of the tiny teacher's 2 layers, layer 0: the first eighth)
+    cfg = CFG.model_copy(update={"olive_calibration_text": "python-docs", "olive_mixed_precision": "k_quant_down"})
+    artifact = build_olive_gptq(teacher, str(tiny_assets / "data" / "train.jsonl"), cfg, 96, tmp_path / "olive")
+    workflow = (tmp_path / "olive-workflow.json").read_text()
+    assert '"text": "python-docs"' in workflow and '"text_samples": 8' in workflow
+    # then the built model has that layer's down projection in 8 bits and every other MatMul in 4 (read back)
+    bits = {m["name"]: m["bits"] for m in quantized_matmuls(Path(artifact.path))}
+    assert bits.pop("/model/layers.0/mlp/down_proj/MatMulNBits") == 8
+    assert "/model/layers.1/mlp/down_proj/MatMulNBits" in bits and set(bits.values()) == {4}
+    tok = load_tokenizer(teacher.path)
+    conv = read_prepared(str(tiny_assets / "data" / "test.jsonl"))[0]
+    assert len(OnnxRunner(artifact.path).generate(prompt_ids(tok, conv), 4, min_new_tokens=4).tokens) == 4
+
+
 def test_calibration_rows_are_never_cut_a_too_long_row_fails_the_olive_run(teacher, tiny_assets: Path,
                                                                           tmp_path: Path) -> None:
     from tasks.errors import QuantizeError
