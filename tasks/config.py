@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tasks.errors import ConfigError
 from tasks.evaluate.metrics import DEGRADATION, SCORED
+from tasks.quantize.calibration_text import check_source
 
 OnnxPrecision = Literal["int4", "int8", "fp32"]
 GgufType = Literal["f16", "q8_0", "Q4_0", "Q4_K_M"]
@@ -124,8 +125,6 @@ class QuantizeConfig(StageConfig):
     @field_validator("olive_calibration_text")
     @classmethod
     def _calibration_text_exists(cls, value: str | None) -> str | None:
-        from tasks.quantize.calibration_text import check_source
-
         return check_source(value) if value is not None else None
 
     @model_validator(mode="after")
