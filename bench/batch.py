@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def demo_teacher(out: Path) -> Path:
     """The demo teacher's shape, randomly initialised, with the demo tokenizer (made under ``out`` once)."""
-    from tasks.data.demo import DemoSpec, make_dataset, make_model, make_tokenizer
+    from tasks.demo import DemoSpec, make_dataset, make_model, make_tokenizer
 
     folder = out / "demo-teacher"
     if not (folder / "config.json").is_file():

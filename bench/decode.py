@@ -31,7 +31,7 @@ def make_model(out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from tasks.data.demo import make_dataset, make_tokenizer
+    from tasks.demo import make_dataset, make_tokenizer
     from tasks.modeling import load_tokenizer
 
     if (out / "model" / "config.json").is_file():

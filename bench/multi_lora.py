@@ -1,7 +1,7 @@
 """Multi-LoRA serving: memory and tokens/s of one int4 base serving 1 vs 8 LoRA adapters, in one run.
 
 The model is bench/decode.py's SmolLM-135M-shaped Llama (random init). Eight random LoRA adapters (rank
-``--rank`` on ``--targets``, default q/k/v/o/gate/up/down; tasks/data/demo.py ``make_lora_adapter``) are built
+``--rank`` on ``--targets``, default q/k/v/o/gate/up/down; tasks/demo.py ``make_lora_adapter``) are built
 into one multi-LoRA folder (tasks/quantize/adapters.py). Three servers (``python -m infra.serving``, same
 ``--threads``) run one after another on 127.0.0.1:
 
@@ -42,7 +42,7 @@ def build(out: Path, rank: int, targets: list[str]) -> tuple[Path, Path, dict[st
     from decode import make_model, onnx_model
 
     from tasks.config import QuantizeConfig
-    from tasks.data.demo import make_lora_adapter
+    from tasks.demo import make_lora_adapter
     from tasks.inputs import describe_model
     from tasks.quantize.adapters import add_adapter, build_multi_lora
 

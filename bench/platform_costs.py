@@ -89,7 +89,7 @@ def promotion(promotions: int, database: str | None = None) -> None:
 
     from infra.platform.state import load_state
     from tasks.config import QuantizeConfig
-    from tasks.data.demo import TINY_SPEC, ensure_demo_assets
+    from tasks.demo import TINY_SPEC, ensure_demo_assets
     from tasks.inputs import describe_model
     from tasks.quantize.onnx import build_onnx
     from tests.fixtures.ports import stable_port
@@ -156,7 +156,7 @@ def overhead(config: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "MLFLOW_TRACKING_URI"}
         env.update(SLMOPS_HOME=str(home), SLMOPS_DEMO_SIZE="tiny")
         # assets first, outside the timing (both modes make the same ones)
-        subprocess.run([sys.executable, "-c", "from tasks.data.demo import ensure_demo_assets as e; "
+        subprocess.run([sys.executable, "-c", "from tasks.demo import ensure_demo_assets as e; "
                         "from tasks.settings import get_settings as g; e(g().root)"], env=env, cwd=REPO, check=True)
         out = subprocess.run([sys.executable, str(Path(__file__)), f"_{mode}", str(config)], env=env, cwd=REPO,
                              check=True, capture_output=True, text=True).stdout
@@ -173,6 +173,7 @@ def _bare(config: Path) -> None:
     from tasks.config import load_config
     from tasks.data.prepare import prepare_data
     from tasks.evaluate.gate import decide
+    from tasks.evaluate.generation import score_exact_match
     from tasks.evaluate.score import evaluate
     from tasks.inputs import describe_model, resolve_inputs
     from tasks.preflight import preflight
@@ -180,7 +181,6 @@ def _bare(config: Path) -> None:
     from tasks.settings import get_settings
     from tasks.train.distill import distill
     from tasks.train.finetune import finetune, merge
-    from tasks.train.generation import score_exact_match
 
     root = get_settings().root
     began = time.perf_counter()

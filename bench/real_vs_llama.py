@@ -40,7 +40,7 @@ def build(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Path]]:
     from decode import gguf_models
 
     from tasks.config import load_config
-    from tasks.data.demo import ensure_demo_assets
+    from tasks.demo import ensure_demo_assets
     from tasks.inputs import describe_model, resolve_model
     from tasks.model_import.refs import source_gguf
     from tasks.quantize.olive import build_olive_gptq

@@ -9,10 +9,9 @@ from prefect.runtime import flow_run
 
 from infra.sagemaker.transform import open_executor as open_sagemaker_executor
 from registry.batch import record_batch_run_task, reference_profile_task
-from registry.resolve import resolve_release_task
+from registry.releases import resolve_release_task
 from tasks.batch.config import BatchConfig
 from tasks.batch.drift import check_drift_task
-from tasks.batch.executors import register_executor
 from tasks.batch.job import (
     completed_run_task,
     prepare_job_task,
@@ -20,6 +19,7 @@ from tasks.batch.job import (
     resume_ref_task,
     run_parts_task,
 )
+from tasks.batch.opening import register_executor
 from tasks.batch.report import BatchResult, finish_job_task, publish_report_task, write_manifest_task
 from tasks.batch.store import output_location
 from tasks.settings import get_settings

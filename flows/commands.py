@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks.errors import ConfigError
+from tasks.served_folder import is_served_folder
 from tasks.settings import get_settings
 
 if TYPE_CHECKING:
@@ -270,7 +271,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 def cmd_multi_lora(args: argparse.Namespace) -> int:
     from tasks.config import QuantizeConfig
     from tasks.inputs import describe_model
-    from tasks.quantize.adapters import adapter_files, add_adapter, build_multi_lora
+    from tasks.quantize.adapters import add_adapter, build_multi_lora
+    from tasks.served_folder import adapter_files
 
     adapters = {}
     for spec in args.adapter:
@@ -283,7 +285,7 @@ def cmd_multi_lora(args: argparse.Namespace) -> int:
         raise ConfigError(f"BASE {args.base!r} is not a Hugging Face model folder (no config.json)")
     base, cfg = describe_model(args.base), QuantizeConfig(int4_block_size=args.int4_block_size)
     if args.add:
-        if not (args.out / "genai_config.json").is_file():
+        if not is_served_folder(args.out):
             raise ConfigError(f"--add: {args.out} is not a multi-LoRA folder; build it first without --add")
         for name, adapter in adapters.items():
             add_adapter(args.out, base, name, adapter, args.precision, cfg)

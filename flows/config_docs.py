@@ -124,8 +124,12 @@ def target_sections() -> Iterator[Section]:
     first = targets[0].model_fields
     yield Section("every target", "Options of every target.", [(n, f) for n, f in first.items() if n in shared])
     for target in targets:
-        rows = [(n, f) for n, f in target.model_fields.items() if n not in shared]
-        yield Section(str(_tag(target)[1]), _doc(target), rows)
+        tag = str(_tag(target)[1])
+        own = [(n, f) for n, f in target.model_fields.items() if n not in shared]
+        yield Section(tag, _doc(target), [(n, f) for n, f in own if not _is_model(f.annotation)])
+        for n, f in own:  # a nested model (the serving engine's settings) as its own table of dotted keys
+            if _is_model(f.annotation):
+                yield from model_sections(f.annotation, n, f"{tag}: {n}", _doc(f.annotation))
 
 
 def environment_section() -> Section:

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from infra.targets import DeployConfig, Deployment, make_target
 from registry.costs import log_deploy_cost
-from registry.resolve import resolve_release_task
+from registry.releases import resolve_release_task
 from tasks.records import ModelRelease
 from tasks.settings import get_settings
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from infra.platform.bindings import Binding, bindings_for, load_bindings
 from infra.targets import DeployError, make_target
 from registry.history import aliases, record_approval
-from registry.resolve import resolve_release
+from registry.releases import resolve_release
 from registry.tracking import registry_client
 from tasks.errors import SlmopsError
 from tasks.settings import get_settings

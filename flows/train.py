@@ -12,13 +12,13 @@ from registry.runs import log_training_run_task
 from tasks.caching import stage_dir
 from tasks.config import PipelineConfig
 from tasks.data.prepare import prepare_data_task
+from tasks.evaluate.generation import score_exact_match_task
 from tasks.inputs import describe_model_task, resolve_inputs_task
 from tasks.preflight import preflight_task
 from tasks.records import ModelDir, PreparedData, TrainResult
 from tasks.settings import get_settings
 from tasks.train.distill import distill_task
 from tasks.train.finetune import check_qlora, finetune_task, merge_task
-from tasks.train.generation import score_exact_match_task
 
 
 class TrainSummary(BaseModel):

@@ -21,8 +21,9 @@ from registry.history import require_model
 from registry.models import RegisteredVersion, find_identical
 from registry.resolve import download_served, version_of
 from registry.tracking import setup_tracking
-from tasks.quantize.adapters import ADAPTER_SUFFIX, ADAPTERS_DIR, adapter_files, lora_inputs
+from tasks.quantize.adapters import lora_inputs
 from tasks.records import digest_dir, digest_file
+from tasks.served_folder import ADAPTER_SUFFIX, ADAPTERS_DIR, adapter_files
 
 KIND_TAG, BASE_TAG = "slmops.kind", "slmops.base"
 BASE_KIND, ADAPTER_KIND = "multi-lora-base", "lora-adapter"

@@ -1,4 +1,5 @@
-"""Model references (``name@alias`` or ``name/version``) resolved through the MLflow registry to local files."""
+"""Model references (``name@alias`` or ``name/version``) looked up in the MLflow registry, and a version's served folder
+downloaded (registry/releases.py builds a deploy's release from them)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,10 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from prefect import task
 
 from registry.errors import RegistryError
 from registry.history import aliases, require_model, versions
-from registry.tracking import setup_tracking
-from tasks.records import ModelRelease
+from tasks.served_folder import is_served_folder
 
 REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
 
@@ -53,7 +52,7 @@ def download_served(root: Path, name: str, version: str, run_id: str) -> Path:
     """The version's served ONNX folder, downloaded once per version (atomically: never a half folder)."""
     dest = version_cache(root, name, version)
     served = dest / "served"
-    if (served / "genai_config.json").is_file():
+    if is_served_folder(served):
         return served
     dest.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
@@ -66,35 +65,3 @@ def download_served(root: Path, name: str, version: str, run_id: str) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return served
-
-
-def resolve_release(root: Path, ref: str) -> ModelRelease:
-    """Find the version ``ref`` points at and download its served ONNX folder and GGUF files (cached).
-
-    An adapter-only version (registry/adapters.py) resolves to its base's folder with the adapter filed under
-    the version's model name, which the server then answers that name with.
-    """
-    from registry.adapters import ADAPTER_KIND, BASE_TAG, KIND_TAG, assemble_adapter_release
-
-    setup_tracking(root)
-    client = MlflowClient()
-    name, version = version_of(client, ref)
-    mv = client.get_model_version(name, version)
-    dest = version_cache(root, name, version)
-    if mv.tags.get(KIND_TAG) == ADAPTER_KIND:
-        served = assemble_adapter_release(root, client, name, version, mv.run_id, mv.tags[BASE_TAG], dest)
-        return ModelRelease(name=name, version=str(version), onnx_dir=str(served))
-    served = download_served(root, name, version, mv.run_id)
-    try:
-        gguf = {}
-        for item in client.list_artifacts(mv.run_id, "gguf"):
-            local = dest / item.path
-            if not local.is_file():
-                mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=item.path, dst_path=str(dest))
-            gguf[Path(item.path).stem.removeprefix("model-")] = str(local)
-    except MlflowException as exc:
-        raise RegistryError(f"cannot download the artifacts of {name}/{version}: {exc}") from None
-    return ModelRelease(name=name, version=str(version), onnx_dir=str(served), gguf=gguf)
-
-
-resolve_release_task = task(resolve_release, name="resolve-model", retries=2, retry_delay_seconds=2)

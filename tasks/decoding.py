@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.quantize.adapters import adapter_files
+from tasks.served_folder import ServedFolder
 
 GREEDY_BELOW = 1e-5  # temperatures below this decode greedily (as vLLM does): 1/T would overflow the logits
 
@@ -48,28 +48,6 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-@dataclass(frozen=True)
-class GenaiFolder:
-    """What an onnxruntime-genai folder says about generation: its context window, end-of-sequence and pad ids,
-    and the LoRA adapters in its ``adapters/`` (a multi-LoRA build, tasks/quantize/adapters.py)."""
-
-    path: Path
-    context_length: int
-    eos_ids: frozenset[int]
-    pad_id: int
-    adapter_files: dict[str, Path]
-
-    @classmethod
-    def read(cls, path: str | Path) -> GenaiFolder:
-        """Read ``path``'s genai_config.json and list its adapters."""
-        path = Path(path)
-        genai = json.loads((path / "genai_config.json").read_text())["model"]
-        eos_ids = frozenset(np.atleast_1d(genai["eos_token_id"]).tolist())
-        # onnxruntime-genai masks the model's own pad id and derives each row's length from it
-        return cls(path, int(genai["context_length"]), eos_ids, int(genai.get("pad_token_id", min(eos_ids))),
-                   adapter_files(path))
-
-
 class OgModel:
     """An onnxruntime-genai model folder loaded: the model, its context window, end-of-sequence and pad ids.
 
@@ -80,15 +58,16 @@ class OgModel:
     def __init__(self, path: str | Path, threads: int | None = None):
         import onnxruntime_genai as og
 
-        folder = GenaiFolder.read(path)
+        folder = ServedFolder.read(path)
         self.og, self.path = og, folder.path
-        self.context_length, self.eos_ids, self.pad_id = folder.context_length, folder.eos_ids, folder.pad_id
+        self.context_length, self.pad_id = folder.context_length, folder.pad_id
+        self.eos_ids = frozenset(folder.eos_ids)
         self.threads = threads or available_cores()
         config = og.Config(str(self.path))
         options = {"intra_op_num_threads": self.threads, "inter_op_num_threads": 1}
         config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
         self.model = og.Model(config)
-        self.adapter_files = folder.adapter_files
+        self.adapter_files = folder.adapters
         self.adapters = og.Adapters(self.model) if self.adapter_files else None
         for name, file in self.adapter_files.items():
             self.adapters.load(str(file), name)

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 
 from tasks.config import PipelineConfig
-from tasks.data.demo import resolve_ref
+from tasks.demo import resolve_ref
 from tasks.model_import.refs import resolve_import
 from tasks.records import ModelDir
 

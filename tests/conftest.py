@@ -19,7 +19,7 @@ configure_environment()
 
 import pytest  # noqa: E402
 
-from tasks.data.demo import TINY_SPEC, ensure_demo_assets  # noqa: E402
+from tasks.demo import TINY_SPEC, ensure_demo_assets  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +61,7 @@ def multi_lora(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     them: ``alpha`` (r=8 on q/v/o/down, which decides the base's LoRA branches) and ``beta`` (r=4 on q/v only);
     ``wide`` adapts gate_proj, which the base has no branch for. Keys: base, alpha, beta, wide, served."""
     from tasks.config import QuantizeConfig
-    from tasks.data.demo import ModelShape, make_lora_adapter, make_model
+    from tasks.demo import ModelShape, make_lora_adapter, make_model
     from tasks.inputs import describe_model
     from tasks.quantize.adapters import build_multi_lora
 

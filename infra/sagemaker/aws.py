@@ -16,6 +16,7 @@ from typing import Any
 from infra.sagemaker.serve import NAME_ENV, VERSION_ENV
 from tasks.errors import SlmopsError
 from tasks.records import ModelRelease
+from tasks.served_folder import read_genai_config
 
 MAX_NAME = 63  # SageMaker names: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}
 
@@ -86,8 +87,7 @@ def package_model(model_dir: str | Path) -> tuple[bytes, str]:
     """``model.tar.gz`` of the folder's files at the archive root (SageMaker unpacks it to /opt/ml/model), built
     byte-for-byte reproducibly (sorted names, zero mtimes and owners), and its sha256."""
     folder = Path(model_dir)
-    if not (folder / "genai_config.json").is_file():
-        raise SlmopsError(f"{folder} is not an onnxruntime-genai folder (no genai_config.json)")
+    read_genai_config(folder)  # NotAServedFolder (a SlmopsError) names what is missing
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -117,9 +117,10 @@ def upload_model(clients: Clients, release: ModelRelease, bucket: str, prefix: s
 
 
 def ensure_model(clients: Clients, name: str, release: ModelRelease, image_uri: str, model_data: str,
-                 role_arn: str, tags: list[dict[str, str]]) -> bool:
-    """Create SageMaker model ``name`` serving ``release`` from ``model_data`` with ``image_uri``; False when a
-    model of that name exists already (names carry version and digest, so it is the same model)."""
+                 role_arn: str, tags: list[dict[str, str]], environment: dict[str, str] | None = None) -> bool:
+    """Create SageMaker model ``name`` serving ``release`` from ``model_data`` with ``image_uri`` and the container
+    ``environment`` (besides the model's name and version); False when a model of that name exists already (names
+    carry version and a digest of the artifact and the environment, so it is the same model)."""
     try:
         clients.sagemaker.describe_model(ModelName=name)
         return False
@@ -130,7 +131,8 @@ def ensure_model(clients: Clients, name: str, release: ModelRelease, image_uri: 
         clients.sagemaker.create_model(
             ModelName=name, ExecutionRoleArn=role_arn, Tags=tags,
             PrimaryContainer={"Image": image_uri, "ModelDataUrl": model_data,
-                              "Environment": {NAME_ENV: release.name, VERSION_ENV: release.version}})
+                              "Environment": {**(environment or {}), NAME_ENV: release.name,
+                                                              VERSION_ENV: release.version}})
     except Exception as exc:
         raise AwsError(f"create_model {name}: {exc}") from None
     return True

@@ -82,6 +82,10 @@ class LoadingEngine:
     def adapters(self) -> list[str]:
         return self._loaded().adapters
 
+    @property
+    def constraints(self) -> Any:
+        return self._loaded().constraints
+
     def submit(self, request: GenerationRequest) -> None:
         self._loaded().submit(request)
 
@@ -120,8 +124,9 @@ def serve(model_dir: str | Path = DEFAULT_MODEL_DIR, host: str = "0.0.0.0", port
 
     def load():
         from infra.serving.engine import Engine
+        from infra.serving.settings import engine_from_env
 
-        return Engine(model_dir)
+        return Engine(model_dir, engine_from_env(os.environ))  # the target's engine settings (SLMOPS_ENGINE_*)
 
     engine = LoadingEngine(load)
     settings = ServerSettings(name=os.environ.get(NAME_ENV) or "model", version=os.environ.get(VERSION_ENV, ""))

@@ -127,9 +127,13 @@ class SlotBatch:
         return requests
 
     def _advance(self, slot: _Slot, scores: np.ndarray) -> None:
-        row, sampling = slot.row, slot.row.request.sampling
-        banned = self.runner.eos_ids if len(row.tokens) < sampling.min_tokens else ()
-        slot.token = pick(scores, sampling, slot.rng, banned)
+        row, sampling, constraint = slot.row, slot.row.request.sampling, slot.row.request.constraint
+        if constraint is not None:  # a structured output: only what its grammar takes next (EOS once complete)
+            slot.token = pick(constraint.mask(scores), sampling, slot.rng)
+            constraint.accept(slot.token)
+        else:
+            banned = self.runner.eos_ids if len(row.tokens) < sampling.min_tokens else ()
+            slot.token = pick(scores, sampling, slot.rng, banned)
         self.runner._advance(row, slot.token, scores if row.request.top_logprobs is not None else None)
 
     def _compact(self) -> None:

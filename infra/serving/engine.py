@@ -25,41 +25,18 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field
+from typing import Any
 
 from infra.serving.batch import ActiveBatch, BatchRun, TokenText, plan_batches
 from infra.serving.continuous import SlotBatch
 from infra.serving.protocol import EngineStats, Failed, GenerationRequest, QueueFullError
+from infra.serving.settings import EngineConfig
 from infra.serving.slots import SlotDecoder, SlotsUnsupported
-from tasks.decoding import GenaiFolder, OgModel, available_cores
+from infra.serving.structured import Constraints
+from tasks.decoding import OgModel, available_cores
+from tasks.served_folder import ServedFolder
 
 log = logging.getLogger(__name__)
-
-
-class EngineConfig(BaseModel, extra="forbid"):
-    """Batching and queueing of the generation engine."""
-
-    scheduler: Literal["auto", "continuous", "batches"] = Field(
-        "auto", description="continuous: requests join the running batch between decoding steps (onnxruntime run "
-        "directly, a KV-cache slot per row); batches: onnxruntime-genai static batches decoded in turn; auto: "
-        "continuous where the model's decoder allows it.")
-    max_batch_size: int = Field(32, gt=0, description="Rows decoded together at most (continuous: KV-cache "
-                                "slots per adapter, whose memory grows only with the tokens really cached; "
-                                "batches: requests per static batch).")
-    max_queue: int = Field(64, gt=0, description="Requests waiting for the engine before new ones get 503.")
-    batch_window_ms: float = Field(5.0, ge=0, description="How long the first waiting request waits for company "
-                                   "(batches only: continuous admits at every step).")
-    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 uses every available core.")
-    int8_steps: Literal["auto", "on", "off"] = Field(
-        "auto", description="Continuous only: decoding steps of many rows on an int8 copy of the int4 build's "
-        "MatMuls, made at load (faster where the CPU has int8 GEMM units such as AMX or VNNI), with the prefills "
-        "that join such a batch; a lone request stays on the build's weights. auto: both are timed at load and "
-        "int8 is used from the row count where it wins, or not at all; on: from 2 rows; off: never.")
-    max_running_batches: int = Field(4, gt=0, description="Batches only: static batches decoded in turn, so a "
-                                     "request arriving while others run starts its own batch at once (1: one "
-                                     "static batch at a time).")
 
 
 def load_tokenizer(model_dir: Path) -> Any:
@@ -83,13 +60,16 @@ class Engine:
     def __init__(self, model_dir: str | Path, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
         self.model_dir = Path(model_dir)
-        self.folder = GenaiFolder.read(self.model_dir)
+        self.folder = ServedFolder.read(self.model_dir)
         self.context_length = self.folder.context_length
-        self.adapters = list(self.folder.adapter_files)
+        self.adapters = list(self.folder.adapters)
         self.decoder = self._slot_decoder()
         self.og_model = None if self.decoder else OgModel(self.model_dir, self.config.threads)
         self.scheduler = "continuous" if self.decoder else "batches"
         self.tokenizer = load_tokenizer(self.model_dir)
+        # structured outputs mask each row's scores: the slot scheduler picks tokens itself, onnxruntime-genai does not
+        self.constraints = (Constraints(self.tokenizer, self.folder.vocab_size, self.folder.eos_ids)
+                            if self.decoder else None)
         self.stats = EngineStats()
         self.on_batch: Callable[[int], None] | None = None
         self._runner = BatchRun(self.og_model or self.folder, self.tokenizer, TokenText(self.tokenizer), self.stats)
@@ -105,7 +85,7 @@ class Engine:
         if self.config.scheduler == "batches":
             return None
         try:
-            return SlotDecoder(self.model_dir, self.config.threads or available_cores(), self.folder.adapter_files,
+            return SlotDecoder(self.model_dir, self.config.threads or available_cores(), self.folder.adapters,
                                int8=self.config.int8_steps)
         except SlotsUnsupported as exc:
             if self.config.scheduler == "continuous":

@@ -11,9 +11,8 @@ from starlette.exceptions import HTTPException
 
 # OpenAI parameters this runtime cannot honour, with what they would need (a 400 names them).
 UNSUPPORTED = {
-    "tools": "tool calling", "tool_choice": "tool calling", "parallel_tool_calls": "tool calling",
-    "functions": "function calling", "function_call": "function calling",
-    "response_format": "structured output", "audio": "audio output", "modalities": "audio output",
+    "functions": "function calling (send tools)", "function_call": "function calling (send tool_choice)",
+    "audio": "audio output", "modalities": "audio output",
     "prediction": "predicted outputs", "reasoning_effort": "reasoning models", "verbosity": "reasoning models",
     "web_search_options": "web search", "service_tier": "service tiers", "suffix": "insertion (suffix)",
     "logit_bias": "logit bias", "frequency_penalty": "frequency penalty", "presence_penalty": "presence penalty",

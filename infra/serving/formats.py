@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from infra.serving import tools
 from infra.serving.errors import ApiError
 from infra.serving.generation import Generation, Result
 from infra.serving.protocol import Delta, Done, TokenLogprob
@@ -42,10 +43,11 @@ def text_logprobs(tokens: list[TokenLogprob], offset: int = 0) -> dict[str, Any]
             "top_logprobs": [{a.text: a.logprob for a in t.top} for t in tokens], "text_offset": offsets}
 
 
-def chat_completion(model: str, result: Result, with_logprobs: bool) -> dict[str, Any]:
-    """A whole chat completion."""
-    choice = {"index": 0, "message": {"role": "assistant", "content": result.done.text},
-              "finish_reason": result.done.finish_reason,
+def chat_completion(model: str, result: Result, with_logprobs: bool, with_tools: bool = False) -> dict[str, Any]:
+    """A whole chat completion (``with_tools``: the answer is in the tool format, infra/serving/tools.py)."""
+    message, finish = (tools.message(result.done.text, result.done.finish_reason) if with_tools
+                       else ({"role": "assistant", "content": result.done.text}, result.done.finish_reason))
+    choice = {"index": 0, "message": message, "finish_reason": finish,
               "logprobs": chat_logprobs(result.logprobs) if with_logprobs else None}
     return {**envelope("chatcmpl", model), "object": "chat.completion", "choices": [choice],
             "usage": usage(result.done)}
@@ -59,8 +61,11 @@ def text_completion(model: str, result: Result, with_logprobs: bool) -> dict[str
 
 
 async def chat_stream(model: str, generation: Generation, with_logprobs: bool,
-                      usage_chunk: bool) -> AsyncIterator[str]:
-    """Server-sent events of a chat completion: role, content deltas, finish, optional usage, [DONE]."""
+                      usage_chunk: bool, with_tools: bool = False) -> AsyncIterator[str]:
+    """Server-sent events of a chat completion: role, content deltas, finish, optional usage, [DONE].
+
+    ``with_tools``: the answer is in the tool format, so it is sent whole when complete — one chunk with its
+    ``tool_calls`` (``index`` 0) or its content — then the finish chunk."""
     base = {**envelope("chatcmpl", model), "object": "chat.completion.chunk"}
     extra = {"usage": None} if usage_chunk else {}
 
@@ -74,9 +79,15 @@ async def chat_stream(model: str, generation: Generation, with_logprobs: bool,
         if isinstance(event, str):
             yield event
         elif isinstance(event, Delta):
-            yield chunk({"content": event.text}, logprobs=event.logprobs)
+            if not with_tools:
+                yield chunk({"content": event.text}, logprobs=event.logprobs)
         else:
-            yield chunk({}, event.finish_reason)
+            finish = event.finish_reason
+            if with_tools:
+                message, finish = tools.message(event.text, event.finish_reason)
+                calls = [{"index": i, **c} for i, c in enumerate(message.get("tool_calls") or [])]
+                yield chunk({"tool_calls": calls} if calls else {"content": message["content"]})
+            yield chunk({}, finish)
             if usage_chunk:
                 yield _sse({**base, "choices": [], "usage": usage(event)})
     yield "data: [DONE]\n\n"

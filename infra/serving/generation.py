@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from infra.serving import tools
 from infra.serving.errors import ApiError, ClientGone
 from infra.serving.protocol import Delta, Done, Event, Failed, GenerationRequest, QueueFullError, Sampling, TokenLogprob
 from infra.serving.schemas import ChatRequest, CompletionRequest
 from infra.serving.state import ServingState
+from infra.serving.structured import GrammarError, RowConstraint, format_grammar
 from tasks.data.chat import render_ids
 
 
@@ -27,7 +29,7 @@ async def prepare(state: ServingState, body: ChatRequest | CompletionRequest) ->
     engine = state.engine
     adapter = resolve_adapter(state, body.model)
     if isinstance(body, ChatRequest):
-        messages = [m.as_template_input() for m in body.messages]
+        messages = tools.template_messages([m.as_template_input() for m in body.messages], body, tools.mode(body))
         ids = await state.off_loop(render_ids, engine.tokenizer, messages, True)
     else:
         ids = (await state.off_loop(lambda: engine.tokenizer(body.text, add_special_tokens=False)))["input_ids"]
@@ -39,8 +41,34 @@ async def prepare(state: ServingState, body: ChatRequest | CompletionRequest) ->
     max_tokens = min(body.requested_max_tokens() or state.settings.default_max_tokens, room)
     temperature = float(body.temperature or 0.0)
     sampling = Sampling(temperature, float(body.top_p or 1.0), body.seed, min(body.min_tokens, max_tokens))
+    constraint = await structured_output(state, body)
     return GenerationRequest(ids, max_tokens, sampling, body.stop or [], top_logprobs=body.top_logprobs_k(),
-                             adapter=adapter)
+                             adapter=adapter, constraint=constraint)
+
+
+async def structured_output(state: ServingState, body: ChatRequest | CompletionRequest) -> RowConstraint | None:
+    """The grammar state of a tool call (infra/serving/tools.py) or of a ``response_format`` other than text
+    (compiled off the event loop), else None; a schema the compiler refuses, or an engine that cannot mask
+    tokens, is a 400."""
+    how = tools.mode(body)
+    fmt = getattr(body, "response_format", None)
+    if how is not None:
+        param, wanted = "tools", {"type": "json_schema",
+                                  "json_schema": {"name": "tool_call", "schema": tools.answer_schema(body, how)}}
+    elif fmt is not None and fmt.structured:
+        param, wanted = "response_format", fmt.model_dump(by_alias=True)
+    else:
+        return None
+    constraints = getattr(state.engine, "constraints", None)
+    if constraints is None:
+        raise ApiError(400, f"{'tool calls' if how else 'structured output'} need the continuous scheduler, which "
+                       "this model's decoder does not support (it is served with onnxruntime-genai batches)",
+                       param=param)
+    try:
+        grammar = await state.off_loop(format_grammar, wanted)
+        return await state.off_loop(constraints.matcher, grammar)
+    except GrammarError as exc:
+        raise ApiError(400, str(exc).replace("response_format", param, 1), param=param) from None
 
 
 def resolve_adapter(state: ServingState, model: str | None) -> str | None:

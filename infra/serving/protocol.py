@@ -71,6 +71,7 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     top_logprobs: int | None = None  # None: no logprobs; k ≥ 0: the chosen token's plus k alternatives
     adapter: str | None = None  # LoRA adapter the answer uses (a multi-LoRA model); None: the base model
+    constraint: Any = None  # a structured output's grammar state (infra/serving/structured.RowConstraint)
     emit: Callable[[Event], None] = _drop
     cancelled: bool = False  # set by Engine.cancel from any thread; the engine drops the row at its next step
     enqueued: float = field(default_factory=time.perf_counter)
@@ -93,6 +94,7 @@ class GenerationEngine(Protocol):
     tokenizer: Any
     stats: EngineStats
     adapters: list[str]  # LoRA adapters served beside the base model, by name
+    constraints: Any  # structured outputs' grammar compiler (infra/serving/structured.py); None: not supported
 
     def submit(self, request: GenerationRequest) -> None:
         """Queue ``request`` or raise QueueFullError."""

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class ErrorDetail(BaseModel):
@@ -53,11 +53,33 @@ class ChatLogprobs(BaseModel):
     refusal: list[TokenLogprob] | None
 
 
+class CalledFunction(BaseModel):
+    """The function a tool call calls, and its arguments as a JSON string."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    """A tool call of the answer."""
+
+    id: str
+    type: Literal["function"]
+    function: CalledFunction
+
+
+class StreamedToolCall(ToolCall):
+    """A tool call in a stream chunk (sent whole, in one chunk)."""
+
+    index: int
+
+
 class AssistantMessage(BaseModel):
-    """The generated turn."""
+    """The generated turn: content, or (``finish_reason: tool_calls``) the tool it calls."""
 
     role: Literal["assistant"]
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -85,6 +107,7 @@ class ChunkDelta(BaseModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[StreamedToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):

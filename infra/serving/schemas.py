@@ -1,9 +1,10 @@
 """Request bodies of the serving API (the OpenAI subset this runtime honours) with validation messages.
 
 Every field is either honoured, accepted as harmless metadata (``user``, ``metadata``, ``store: false``), or
-accepted only at the value that asks for nothing (``n: 1``, ``frequency_penalty: 0``, ``tools: []`` …). Anything
-else — an unknown field, or a feature asked for (tools, structured output, penalties, logit bias …) — is a 400
-that names the parameter (``extra="forbid"``), never silently ignored.
+accepted only at the value that asks for nothing (``n: 1``, ``frequency_penalty: 0`` …). Anything else — an
+unknown field, or a feature asked for (penalties, logit bias, several choices …) — is a 400 that names the
+parameter (``extra="forbid"``), never silently ignored. Structured outputs (``response_format``) and tool calls
+(``tools``) are honoured: infra/serving/structured.py and tools.py.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+
+from infra.serving.tools import call_text
 
 MAX_TOP_LOGPROBS = 20
 
@@ -80,16 +83,51 @@ class TextPart(BaseModel):
     text: StrictStr
 
 
-class Message(BaseModel):
-    """One chat turn; ``developer`` is read as ``system``."""
+class CalledFunction(BaseModel):
+    """The function an earlier assistant turn called, and its arguments as a JSON string."""
 
     model_config = ConfigDict(extra="forbid")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: StrictStr | list[TextPart]
+    name: StrictStr
+    arguments: StrictStr
+
+
+class ToolCall(BaseModel):
+    """One tool call of an earlier assistant turn."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: StrictStr
+    type: Literal["function"]
+    function: CalledFunction
+
+
+class Message(BaseModel):
+    """One chat turn; ``developer`` is read as ``system``. An assistant turn may carry ``tool_calls`` instead of
+    content; a ``tool`` turn carries a result and the ``tool_call_id`` it answers."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="assistant: the tools it called.")
+    tool_call_id: StrictStr | None = Field(None, description="tool: the call this result answers.")
+
+    @model_validator(mode="after")
+    def _fields_of_the_role(self) -> Message:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only an assistant message carries tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool message carries tool_call_id, and only a tool message does")
+        return self
 
     def as_template_input(self) -> dict[str, str]:
-        """The turn as a chat template expects it."""
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        """The turn as a chat template expects it (tool calls and results in the generic tool format)."""
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
+        if self.role == "tool":
+            return {"role": "user", "content": f"Result of tool call {self.tool_call_id}: {text}"}
+        if self.tool_calls:
+            calls = call_text([c.model_dump() for c in self.tool_calls])
+            text = f"{text}\n{calls}" if text else calls
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
@@ -136,6 +174,71 @@ class _Body(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``: the schema the answer must conform to."""
+
+    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = Field(description="The schema's name.")
+    description: StrictStr | None = Field(None, description="What the schema is for; accepted, not used.")
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="A JSON Schema (an object).")
+    strict: StrictBool | None = Field(None, description="Accepted; the schema is always enforced.")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: plain text, any JSON object, or a value of a JSON schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = Field(None, description="Required with type json_schema.")
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "if": {"properties": {"type": {"const": "json_schema"}}},
+        "then": {"required": ["json_schema"], "properties": {"json_schema": {"type": "object"}}},
+        "else": {"properties": {"json_schema": {"type": "null"}}}})
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema goes with type json_schema, and only with it")
+        return self
+
+    @property
+    def structured(self) -> bool:
+        """True unless plain text is asked for."""
+        return self.type != "text"
+
+
+class FunctionDef(BaseModel):
+    """A function the answer may call."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = Field(None, description="JSON Schema of the arguments (an object).")
+    strict: StrictBool | None = Field(None, description="Accepted; the arguments always follow the schema.")
+
+
+class Tool(BaseModel):
+    """``tools[]``: a function tool."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: StrictStr
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` naming the function the answer must call."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatRequest(_Body):
     """POST /v1/chat/completions."""
 
@@ -146,9 +249,15 @@ class ChatRequest(_Body):
                                            description="Most likely alternatives per token (needs logprobs).")
     metadata: dict[str, Annotated[StrictStr, Field(max_length=512)]] | None = Field(
         None, max_length=16, description="Key-value metadata; accepted, not used.")
-    tools: only([], "tool calling") = None
-    tool_choice: only("none", "tool calling") = None
-    response_format: only({"type": "text"}, "structured output") = None
+    tools: list[Tool] | None = Field(None, max_length=128, description="Functions the answer may call (the "
+                                     "generic tool format of infra/serving/tools.py).")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="auto (default with tools): call a tool or answer; required: call one; a named function: "
+        "call it; none: answer in text.")
+    parallel_tool_calls: StrictBool | None = Field(None, description="Accepted; an answer calls at most one tool.")
+    response_format: ResponseFormat | None = Field(
+        None, description="text (default); json_object: any JSON object; json_schema: a value that conforms to "
+                          "json_schema.schema (enforced token by token).")
     modalities: only(["text"], "audio output") = None
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
@@ -162,6 +271,16 @@ class ChatRequest(_Body):
                              f"({self.max_completion_tokens}) differ; send one of them")
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tools: function names repeat ({', '.join(names)})")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not among tools "
+                             f"({', '.join(names) or 'none'})")
+        if self.tool_choice not in (None, "none") and not names:
+            raise ValueError("tool_choice asks for a tool call, but tools is empty")
+        if names and self.tool_choice != "none" and self.response_format and self.response_format.structured:
+            raise ValueError("response_format with tools is not supported; send one of them")
         return self
 
     def requested_max_tokens(self) -> int | None:

@@ -16,10 +16,8 @@ int8 weights made from the int4 ones (infra/serving/int8_rows.py), bound to the 
 
 from __future__ import annotations
 
-import json
 import mmap
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import numpy as np
 
 from infra.serving.int8_rows import Int8Unsupported, int8_matmuls
 from infra.serving.lora_rows import ROWS_INPUT, LoraRoutingError, LoraRows, route_rows
+from tasks.served_folder import DecoderLayout, ServedFolder
 
 LAST_INPUT = "slmops_last_positions"  # per row: the flat index (row × width + position) whose logits lm_head makes
 LM_HEAD_OPS = {"MatMul", "MatMulNBits", "Gemm"}
@@ -42,39 +41,6 @@ ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
 
 class SlotsUnsupported(Exception):
     """The folder's decoder cannot be driven row by row (the engine then uses onnxruntime-genai's batches)."""
-
-
-@dataclass(frozen=True)
-class DecoderLayout:
-    """What ``genai_config.json`` says about the decoder: its file, input/output names and cache shape."""
-
-    file: Path
-    layers: int
-    kv_heads: int
-    head_size: int
-    context_length: int
-    vocab_size: int
-    names: dict[str, str]
-
-    @classmethod
-    def read(cls, folder: Path) -> DecoderLayout:
-        """The layout of ``folder``'s decoder."""
-        model = json.loads((folder / "genai_config.json").read_text())["model"]
-        decoder = model["decoder"]
-        names = {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
-                 "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value",
-                 "logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"}
-        names |= decoder.get("inputs", {}) | decoder.get("outputs", {})
-        return cls(folder / decoder["filename"], int(decoder["num_hidden_layers"]), int(decoder["num_key_value_heads"]),
-                   int(decoder["head_size"]), int(model["context_length"]), int(model["vocab_size"]), names)
-
-    def past(self, layer: int) -> tuple[str, str]:
-        """Input names of ``layer``'s past key and value."""
-        return self.names["past_key_names"] % layer, self.names["past_value_names"] % layer
-
-    def present(self, layer: int) -> tuple[str, str]:
-        """Output names of ``layer``'s present key and value."""
-        return self.names["present_key_names"] % layer, self.names["present_value_names"] % layer
 
 
 def check_slots(layout: DecoderLayout) -> None:
@@ -207,7 +173,7 @@ class SlotDecoder:
     def __init__(self, folder: Path, threads: int, adapters: dict[str, Path] | None = None, int8: str = "off"):
         import onnxruntime as ort
 
-        self.ort, self.layout = ort, DecoderLayout.read(folder)
+        self.ort, self.layout = ort, ServedFolder.read(folder).decoder
         check_slots(self.layout)
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from infra.sagemaker.pricing import DEFAULT_PRICES, PRICES_AS_OF
+from infra.serving.settings import EngineConfig
 from tasks.config import GgufType, StageConfig
+
+
+def engine_keys_nested(data: Any) -> Any:
+    """Engine settings given at a target's top level (``scheduler: batches``, as configs before ``engine:`` did)
+    moved under ``engine``; one given in both places is a ValueError."""
+    if not isinstance(data, dict):
+        return data
+    flat = {k: data[k] for k in EngineConfig.model_fields if k in data}
+    if not flat:
+        return data
+    nested = dict(data.get("engine") or {})
+    if twice := sorted(set(flat) & set(nested)):
+        raise ValueError(f"{', '.join(twice)} given both at the top level and under engine; keep engine.{twice[0]}")
+    return {**{k: v for k, v in data.items() if k not in flat}, "engine": {**nested, **flat}}
 
 
 class _Common(StageConfig):
@@ -30,12 +45,8 @@ class LocalTargetConfig(_Common):
     target: Literal["local"] = "local"
     port: int | None = Field(None, ge=1, le=65535, description="Stable port clients use (127.0.0.1). Default: "
                              "the deployment's current port, 8080 for a new one; another port moves it there.")
-    scheduler: Literal["auto", "continuous", "batches"] = Field(
-        "auto", description="Serving runtime scheduler: continuous (rows join the running batch between steps), "
-        "batches (onnxruntime-genai static batches), auto (continuous where the model allows it).")
-    max_batch_size: int = Field(32, gt=0, description="Rows decoded together at most (the continuous scheduler's "
-                                "KV-cache slots per adapter; memory grows only with the tokens really cached).")
-    max_queue: int = Field(64, gt=0, description="Waiting requests before 503 + Retry-After.")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="The serving engine's batching, "
+                                 "queueing and threads (python -m infra.serving --help lists each).")
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key "
                                     "(the key itself is never stored or logged).")
     startup_timeout_s: float = Field(120, gt=0, description="How long a new version may take to become healthy.")
@@ -43,6 +54,8 @@ class LocalTargetConfig(_Common):
     capture_percent: float = Field(0.0, ge=0, le=100, description="Data capture: share of requests whose bodies "
                                    "are kept (0: off), replayable with slmops batch.")
     capture_destination: str = Field("", description="Data capture: directory or s3://bucket/prefix.")
+
+    _flat_engine_keys = model_validator(mode="before")(engine_keys_nested)
 
 
 class FoundryTargetConfig(_Common):
@@ -69,6 +82,9 @@ class SageMakerConfig(_Common):
     region (the rest is read from the deployment record)."""
 
     target: Literal["sagemaker"] = "sagemaker"
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="The serving engine's settings in our "
+                                 "image (passed as SLMOPS_ENGINE_* environment variables; other images ignore "
+                                 "them).")
     region: str | None = Field(None, description="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION, or the "
                                "record's region).")
     endpoint_url: str | None = Field(None, description="AWS API endpoint override (default: AWS_ENDPOINT_URL, "

@@ -14,8 +14,8 @@ from typing import Any
 from infra.targets.base import DeployError, Deployment, DeploymentStatus, RecordedTarget, check_answer, now
 from infra.targets.chat_turns import chat_turns
 from infra.targets.config import FoundryTargetConfig
-from tasks.quantize.adapters import adapter_files
 from tasks.records import ModelRelease
+from tasks.served_folder import adapter_files
 
 PLACEHOLDER = "{Content}"
 

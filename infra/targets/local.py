@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from infra import process
 from infra.process import Liveness, ProcessRef
+from infra.serving.settings import engine_argv
 from infra.targets.base import DeployError, Deployment, DeploymentStatus, RecordedTarget, check_answer, now
 from infra.targets.config import DEFAULT_PORT, LocalTargetConfig
 from infra.targets.proxy_admin import ProxyAdmin
@@ -111,9 +112,8 @@ class LocalTarget(RecordedTarget):
         port = process.free_port()
         log_file = self._logs(name) / f"v{release.version}-{port}.log"
         args = ["-m", "infra.serving", release.onnx_dir, "--name", release.name, "--version", release.version,
-                "--port", str(port), "--scheduler", self.cfg.scheduler,
-                "--max-batch-size", str(self.cfg.max_batch_size),
-                "--max-queue", str(self.cfg.max_queue), "--api-key-env", self.cfg.api_key_env or "SLMOPS_API_KEY",
+                "--port", str(port), *engine_argv(self.cfg.engine),
+                "--api-key-env", self.cfg.api_key_env or "SLMOPS_API_KEY",
                 "--capture-percent", str(self.cfg.capture_percent), "--capture-destination",
                 self.cfg.capture_destination]
         env = {} if self.cfg.api_key_env else {"SLMOPS_API_KEY": ""}

@@ -10,6 +10,7 @@ rolls back silently) → autoscaling → golden prompt → record → delete the
 from __future__ import annotations
 
 import calendar
+import hashlib
 import json
 import logging
 import time
@@ -18,15 +19,21 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from infra.sagemaker import endpoint as ep
 from infra.sagemaker.aws import AwsError, Clients, aws_name, ensure_model, is_missing, served_version, upload_model
 from infra.sagemaker.invoke import answer_text, chat_body, invoke, invoke_async
 from infra.sagemaker.pricing import hourly_cost
+from infra.serving.settings import engine_env
+from infra.targets import sagemaker_endpoint as ep
 from infra.targets.base import DeployError, Deployment, DeploymentStatus, RecordedTarget, check_answer, now
 from infra.targets.config import SageMakerConfig
 from tasks.records import ModelRelease
 
 log = logging.getLogger(__name__)
+
+
+def model_digest(artifact_digest: str, environment: dict[str, str]) -> str:
+    """Eight hex digits naming a SageMaker model: its artifact's digest and its container environment."""
+    return hashlib.sha256(json.dumps([artifact_digest, environment], sort_keys=True).encode()).hexdigest()[:8]
 
 
 class SageMakerDetails(BaseModel):
@@ -97,8 +104,10 @@ class SageMakerTarget(RecordedTarget):
         old_config = serving["EndpointConfigName"] if serving else None
         try:
             model_data, digest = upload_model(c, release, cfg.bucket, cfg.prefix)
-            model = aws_name(endpoint, f"v{release.version}", digest[:8])
-            new_model = ensure_model(c, model, release, cfg.image_uri, model_data, cfg.role_arn, tags)
+            environment = engine_env(cfg.engine)
+            # the name carries what the model is: the artifact and the engine settings it serves with
+            model = aws_name(endpoint, f"v{release.version}", model_digest(digest, environment))
+            new_model = ensure_model(c, model, release, cfg.image_uri, model_data, cfg.role_arn, tags, environment)
         except AwsError as exc:
             raise DeployError(f"deploying {release.ref} to {endpoint}: {exc}; nothing was changed on the endpoint") \
                 from None

@@ -13,9 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tasks.batch.config import BatchConfig
 from tasks.batch.inputs import BatchRecord
-from tasks.errors import SlmopsError
 from tasks.records import ModelRelease
 
 
@@ -62,28 +60,6 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release the model (or remote resources)."""
-
-
-Opener = Callable[[ModelRelease, BatchConfig], Executor]
-OPENERS: dict[str, Opener] = {}  # remote executors, registered by the layer that knows them (flows/batch.py)
-
-
-def register_executor(kind: str, opener: Opener) -> None:
-    """Make ``executor: {type: kind}`` open with ``opener`` (tasks know no cloud; the flows wire it in)."""
-    OPENERS[kind] = opener
-
-
-def make_executor(release: ModelRelease, config: BatchConfig) -> Executor:
-    """The executor ``config.executor`` names, opened on ``release``."""
-    if config.executor.type == "local":
-        from tasks.batch.local import LocalExecutor
-
-        return LocalExecutor(release, config.executor, config.generation)
-    opener = OPENERS.get(config.executor.type)
-    if opener is None:
-        raise SlmopsError(f"executor {config.executor.type!r} is not available in this process (flows.batch "
-                          f"registers it); available: local, {', '.join(OPENERS) or 'nothing else'}")
-    return opener(release, config)
 
 
 def output_row(answer: Answer, release: ModelRelease) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,8 +13,9 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from tasks.batch.config import BatchConfig
-from tasks.batch.executors import Part, make_executor, output_row
+from tasks.batch.executors import Part, output_row
 from tasks.batch.inputs import BatchInput, BatchRecord, RowError, read_input
+from tasks.batch.opening import make_executor
 from tasks.batch.parts import (
     ERRORS,
     MANIFEST,
@@ -36,6 +36,7 @@ from tasks.data.chat import render_ids
 from tasks.data.prepare import read_text
 from tasks.progress import Progress
 from tasks.records import ModelRelease
+from tasks.served_folder import ServedFolder
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def resolve_input(uri: str, root: Path) -> str:
     """``demo:data/test`` (and the other ``demo:`` data) to a local path, made if absent; others pass through."""
     if not uri.startswith("demo:"):
         return uri
-    from tasks.data.demo import resolve_ref  # trains the demo assets on first use: imported only when asked
+    from tasks.demo import resolve_ref  # trains the demo assets on first use: imported only when asked
 
     return resolve_ref(uri, root)
 
@@ -106,8 +107,7 @@ def load_tokenizer(model_dir: str):
 def encode(release: ModelRelease, data: BatchInput) -> tuple[list[BatchRecord], list[list[int]], list[RowError]]:
     """Prompt ids of every record; records whose prompt leaves no room for an answer become errors."""
     tokenizer = load_tokenizer(release.onnx_dir)
-    genai = json.loads((Path(release.onnx_dir) / "genai_config.json").read_text())["model"]
-    context = int(genai["context_length"])
+    context = ServedFolder.read(release.onnx_dir).context_length
     kept, ids, refused = [], [], []
     for record in data.records:
         prompt = render_ids(tokenizer, record.as_messages(), add_generation_prompt=True)

@@ -12,8 +12,8 @@ from infra.serving.engine import Engine, EngineConfig
 from infra.serving.protocol import Done, Event, Failed, GenerationRequest, Sampling
 from tasks.data.chat import prompt_ids
 from tasks.errors import SlmopsError
+from tasks.evaluate.generation import generate_answers
 from tasks.progress import Progress
-from tasks.train.generation import generate_answers
 
 ROWS = 16  # rows decoded together: past ~16 on 2 cores a step costs about what two smaller ones do
 

@@ -7,7 +7,6 @@ a GGUF file in llama.cpp (the ``gguf`` extra).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +18,7 @@ from tasks.data.chat import IGNORE_INDEX
 from tasks.decoding import OgModel
 from tasks.modeling import load_model, load_tokenizer
 from tasks.records import Generation
+from tasks.served_folder import ServedFolder
 
 Example = tuple[list[int], list[int]]
 """Token ids and their labels (``IGNORE_INDEX`` where a token is not scored)."""
@@ -124,16 +124,14 @@ class OnnxRunner:
         import onnxruntime_genai as og
 
         self.path = Path(path)
-        config = json.loads((self.path / "genai_config.json").read_text())["model"]
-        decoder = config["decoder"]
-        self.eos = config["eos_token_id"]
+        self.folder = ServedFolder.read(self.path)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.path / decoder["filename"]), options,
+        self.session = ort.InferenceSession(str(self.folder.decoder.file), options,
                                             providers=["CPUExecutionProvider"])
         self._inputs = {i.name: i for i in self.session.get_inputs()}
-        self._kv_shape = (decoder["num_key_value_heads"], decoder["head_size"])
+        self._kv_shape = (self.folder.decoder.kv_heads, self.folder.decoder.head_size)
         self.model = OgModel(self.path, threads).model  # the generator gets the same threads as the session
         self._og = og
 
@@ -173,7 +171,7 @@ class OnnxRunner:
             if len(tokens) == 1:
                 ttft = time.perf_counter() - start
         total = time.perf_counter() - start
-        if tokens and tokens[-1] == self.eos:
+        if tokens and self.folder.is_eos(tokens[-1]):
             tokens = tokens[:-1]
         return Generation(tokens, ttft, total)
 

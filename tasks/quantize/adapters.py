@@ -27,9 +27,8 @@ from tasks.config import OnnxPrecision, QuantizeConfig
 from tasks.errors import QuantizeError
 from tasks.quantize.onnx import build_onnx, onnx_artifact, quantized_matmuls
 from tasks.records import Artifact, ModelDir
+from tasks.served_folder import ADAPTER_SUFFIX, ADAPTERS_DIR
 
-ADAPTERS_DIR = "adapters"
-ADAPTER_SUFFIX = ".onnx_adapter"
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # the builder's names for the LoRA branch of each projection (builders/base.py, make_matmul_lora)
 _PROJECTIONS = {"attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
@@ -53,12 +52,6 @@ def check_adapter_name(name: str) -> str:
         raise QuantizeError(f"adapter name {name!r}: use 1–64 letters, digits, '.', '_' or '-', starting with a "
                             "letter or digit")
     return name
-
-
-def adapter_files(model_dir: Path) -> dict[str, Path]:
-    """The adapters a multi-LoRA folder holds, by name."""
-    folder = Path(model_dir) / ADAPTERS_DIR
-    return {p.name[: -len(ADAPTER_SUFFIX)]: p for p in sorted(folder.glob(f"*{ADAPTER_SUFFIX}"))}
 
 
 def lora_inputs(model_dir: Path) -> dict[str, list[int | str]]:

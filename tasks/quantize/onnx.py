@@ -12,11 +12,12 @@ from tasks.config import OnnxPrecision, QuantizeConfig
 from tasks.errors import QuantizeError
 from tasks.quantize.tools import disk_size, run_tool
 from tasks.records import Artifact, ModelDir, digest_dir
+from tasks.served_folder import CONFIG_FILE
 
 
 def onnx_artifact(name: str, folder: Path) -> Artifact:
     """Check an ONNX GenAI folder is complete and describe it."""
-    missing = [f for f in ("genai_config.json", "model.onnx") if not (folder / f).is_file()]
+    missing = [f for f in (CONFIG_FILE, "model.onnx") if not (folder / f).is_file()]
     if missing:
         raise QuantizeError(f"{name}: the tool exited 0 but {folder} lacks {', '.join(missing)}")
     return Artifact(name=name, kind="onnx", path=str(folder), digest=digest_dir(folder), size_bytes=disk_size(folder))

@@ -18,6 +18,7 @@ from tasks.config import DistillConfig, RuntimeConfig
 from tasks.data.chat import IGNORE_INDEX
 from tasks.data.prepare import encode_split, read_prepared_rows
 from tasks.errors import ConfigError, TrainingError
+from tasks.evaluate.generation import generate_answers
 from tasks.modeling import (
     apply_threads,
     count_parameters,
@@ -27,7 +28,6 @@ from tasks.modeling import (
     select_device,
 )
 from tasks.records import ModelDir, PreparedData, TrainResult
-from tasks.train.generation import generate_answers
 from tasks.train.loop import Batch, causal_lm_loss, train_loop
 
 log = logging.getLogger(__name__)

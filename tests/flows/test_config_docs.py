@@ -69,8 +69,13 @@ def _expected_rows() -> list[tuple[tuple[str, ...], str]]:
              for field in model.model_fields]
     rows += [((f"executor: {model.model_fields['type'].default}",), f"executor.{field}") for model in EXECUTORS
              for field in model.model_fields]
-    rows += [((model.model_fields["target"].default, "every target"), field) for model in TARGETS
-             for field in model.model_fields]
+    for model in TARGETS:
+        tag = model.model_fields["target"].default
+        for name, field in model.model_fields.items():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):  # its own table
+                rows += [((f"{tag}: {name}",), f"{name}.{sub}") for sub in field.annotation.model_fields]
+            else:
+                rows.append(((tag, "every target"), name))
     rows += [(("Environment",), f"SLMOPS_{field.upper()}") for field in Settings.model_fields]
     return rows
 

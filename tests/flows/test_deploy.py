@@ -19,7 +19,8 @@ from infra.targets.local import LocalDetails
 from infra.targets.store import DeploymentStore
 from registry.errors import RegistryError
 from registry.history import move_alias
-from registry.resolve import parse_ref, resolve_release
+from registry.releases import resolve_release
+from registry.resolve import parse_ref
 from registry.tracking import setup_tracking
 from tests.fixtures.ports import stable_port
 

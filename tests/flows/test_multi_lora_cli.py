@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from tasks.quantize.adapters import adapter_files
+from tasks.served_folder import adapter_files
 
 
 def test_build_then_add_an_adapter(multi_lora: dict[str, Path], tmp_path: Path,

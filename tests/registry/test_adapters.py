@@ -17,10 +17,10 @@ from infra.targets.foundry import FoundryTarget
 from registry.adapters import ADAPTER_KIND, register_multi_lora
 from registry.errors import RegistryError
 from registry.history import move_alias
-from registry.resolve import resolve_release
+from registry.releases import resolve_release
 from tasks.data.chat import render_ids
 from tasks.decoding import OgModel, decode_batch
-from tasks.quantize.adapters import adapter_files
+from tasks.served_folder import adapter_files
 from tests.infra.serving.conftest import start_server
 
 QUESTION = "Reverse: a b c"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from infra.serving import formats
+from infra.serving import formats, tools
 from infra.serving.generation import EventStream, Generation, Result, prepare
 from infra.serving.openapi import GENERATION_ERRORS, sse_response
 from infra.serving.responses import ChatCompletion, ChatCompletionChunk, ModelList, TextCompletion
@@ -27,7 +27,7 @@ async def respond(state: ServingState, body: ChatRequest | CompletionRequest, re
         return JSONResponse(_whole(state, body, generation, await generation.collect(request.receive)))
     name, usage_chunk = _answered_by(state, generation), body.wants_usage_chunk
     if isinstance(body, ChatRequest):
-        stream = formats.chat_stream(name, generation, bool(body.logprobs), usage_chunk)
+        stream = formats.chat_stream(name, generation, bool(body.logprobs), usage_chunk, tools.mode(body) is not None)
     else:
         stream = formats.text_stream(name, generation, body.logprobs is not None, usage_chunk)
     return EventStream(stream, generation)
@@ -47,7 +47,7 @@ def _answered_by(state: ServingState, generation: Generation) -> str:
 def _whole(state: ServingState, body: ChatRequest | CompletionRequest, generation: Generation, result: Result) -> dict:
     name = _answered_by(state, generation)
     if isinstance(body, ChatRequest):
-        return formats.chat_completion(name, result, bool(body.logprobs))
+        return formats.chat_completion(name, result, bool(body.logprobs), tools.mode(body) is not None)
     return formats.text_completion(name, result, body.logprobs is not None)
 
 

@@ -10,7 +10,9 @@ import pytest
 from botocore.stub import ANY
 
 from infra.sagemaker.aws import Clients, package_model
+from infra.serving.settings import EngineConfig, engine_env, engine_from_env
 from infra.targets import DeployError
+from infra.targets.sagemaker import model_digest
 from tests.infra.sagemaker.conftest import BUCKET, IMAGE, NOW, ROLE, endpoint_reply, not_found, target
 
 
@@ -34,7 +36,9 @@ def test_create_reaches_in_service_with_alarms_autoscaling_and_cost(aws: Clients
                        "InitialInstanceCount": 1, "ModelName": d.model_name}
     container = aws.sagemaker.describe_model(ModelName=d.model_name)["PrimaryContainer"]
     assert container["Image"] == IMAGE
-    assert container["Environment"] == {"SLMOPS_SERVED_NAME": "demo-slm", "SLMOPS_SERVED_VERSION": "1"}
+    assert container["Environment"] == {"SLMOPS_SERVED_NAME": "demo-slm", "SLMOPS_SERVED_VERSION": "1",
+                                        **engine_env(EngineConfig())}
+    assert d.model_name == model_of(releases[0])
     digest = package_model(releases[0].onnx_dir)[1]
     assert container["ModelDataUrl"] == d.model_data == f"s3://{BUCKET}/slmops/models/demo-slm/{digest}/model.tar.gz"
     alarms = {a["AlarmName"]: a["MetricName"] for a in aws.cloudwatch.describe_alarms()["MetricAlarms"]}
@@ -47,6 +51,17 @@ def test_create_reaches_in_service_with_alarms_autoscaling_and_cost(aws: Clients
     assert (d.smoke_test, d.cost_per_hour) == ("skipped", 0.115)
     status = t.status("demo-slm")
     assert (status.state, status.served_version, status.cost_per_hour) == ("up", "1", 0.115)
+
+
+def test_engine_settings_reach_the_container_and_name_a_new_model(aws: Clients, releases, tmp_path: Path):
+    """Moto on 127.0.0.1: the target's engine settings are the container's SLMOPS_ENGINE_* environment, which the
+    image's server reads back; other settings make another model (a name per artifact and environment)."""
+    engine = EngineConfig(max_batch_size=4, scheduler="batches", threads=2)
+    t = target(tmp_path, aws, engine=engine.model_dump())
+    d = t.details(t.deploy(releases[0]))
+    environment = aws.sagemaker.describe_model(ModelName=d.model_name)["PrimaryContainer"]["Environment"]
+    assert environment["SLMOPS_ENGINE_MAX_BATCH_SIZE"] == "4" and engine_from_env(environment) == engine
+    assert d.model_name == model_of(releases[0], engine) != model_of(releases[0])
 
 
 def test_same_artifact_is_not_uploaded_twice(aws: Clients, releases, tmp_path: Path):
@@ -153,8 +168,9 @@ def expect_update_start(aws: Clients, stub, d1, model2: str) -> None:
                       {"EndpointConfigArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/demo-v2-d2"})
 
 
-def model_of(release) -> str:
-    return f"demo-v{release.version}-{package_model(release.onnx_dir)[1][:8]}"
+def model_of(release, engine: EngineConfig | None = None) -> str:
+    digest = model_digest(package_model(release.onnx_dir)[1], engine_env(engine or EngineConfig()))
+    return f"demo-v{release.version}-{digest}"
 
 
 def test_update_is_a_guarded_canary_and_retires_the_old_config(aws: Clients, stubbed, releases, tmp_path: Path):

@@ -128,7 +128,7 @@ def test_failed_job_surfaces_its_reason(aws: Clients, stubbed, tmp_path: Path):
 def test_batch_flow_opens_the_registered_executor():
     """flows.batch registers ``sagemaker`` with make_executor (tasks know no cloud)."""
     import flows.batch  # noqa: F401
-    from tasks.batch.executors import OPENERS
+    from tasks.batch.opening import OPENERS
 
     assert OPENERS["sagemaker"].__module__ == "infra.sagemaker.transform"
     assert isinstance(BatchConfig().executor.type, str)

@@ -33,7 +33,7 @@ def server(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def _random_onnx(tiny_assets: Path, folder: Path, shape) -> Path:
     from tasks.config import QuantizeConfig
-    from tasks.data.demo import make_model
+    from tasks.demo import make_model
     from tasks.inputs import describe_model
     from tasks.quantize.onnx import build_onnx
 
@@ -46,7 +46,7 @@ def _random_onnx(tiny_assets: Path, folder: Path, shape) -> Path:
 @pytest.fixture(scope="session")
 def random_onnx(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny model with a 128-token window: it rarely ends early, so rows run to their budgets."""
-    from tasks.data.demo import ModelShape
+    from tasks.demo import ModelShape
 
     shape = ModelShape(hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64, max_positions=128)
     return _random_onnx(tiny_assets, tmp_path_factory.mktemp("random"), shape)
@@ -55,7 +55,7 @@ def random_onnx(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="session")
 def slow_onnx(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wider untrained model with a 1024-token window: one request can keep the engine busy for a while."""
-    from tasks.data.demo import ModelShape
+    from tasks.demo import ModelShape
 
     shape = ModelShape(hidden_size=256, layers=4, heads=4, kv_heads=2, intermediate_size=1024, max_positions=1024)
     return _random_onnx(tiny_assets, tmp_path_factory.mktemp("slow"), shape)

@@ -12,9 +12,10 @@ import pytest
 from infra.serving.continuous import nucleus, pick
 from infra.serving.engine import Engine, EngineConfig
 from infra.serving.protocol import Delta, Done, Event, GenerationRequest, Sampling
-from infra.serving.slots import DecoderLayout, SlotsUnsupported, check_slots
+from infra.serving.slots import SlotsUnsupported, check_slots
 from tasks.data.chat import render_ids
 from tasks.decoding import OgModel, decode_batch
+from tasks.served_folder import ServedFolder
 
 QUESTIONS = ["a b c", "Reverse: x y z w", "Uppercase: q", "Sort the letters: d c b a e", "Add 2 and 3", "Hi",
              "Reverse: m n o p q r s t"]
@@ -94,10 +95,10 @@ def test_prompts_prefilled_together_get_the_logits_and_cache_of_each_prefilled_a
 
 def test_rows_of_different_adapters_in_one_step_each_answer_with_their_own(multi_lora: dict[str, Path]) -> None:
     from infra.serving.slots import SlotDecoder
-    from tasks.decoding import GenaiFolder
+    from tasks.served_folder import ServedFolder
 
     # given the multi-LoRA folder: alpha (r=8 on q/v/o/down) and beta (r=4 on q/v)
-    decoder = SlotDecoder(multi_lora["served"], 2, GenaiFolder.read(multi_lora["served"]).adapter_files)
+    decoder = SlotDecoder(multi_lora["served"], 2, ServedFolder.read(multi_lora["served"]).adapters)
     rows = ["beta", None, "alpha", "beta", "alpha"]
     prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13], [14, 15, 16, 17, 18], [19]]
     # when the five rows are prefilled and decoded together, and each row alone
@@ -169,7 +170,7 @@ def test_a_decoder_without_group_query_attention_is_refused_by_name(random_onnx:
             node.op_type = "MultiHeadAttention"
     onnx.save(model, str(folder / "model.onnx"))
     with pytest.raises(SlotsUnsupported, match="no GroupQueryAttention"):
-        check_slots(DecoderLayout.read(folder))
+        check_slots(ServedFolder.read(folder).decoder)
     # then asking for the continuous scheduler fails with the reason, before any request
     with pytest.raises(ValueError, match="scheduler 'continuous' cannot serve .*no GroupQueryAttention"):
         Engine(folder, EngineConfig(scheduler="continuous"))

@@ -149,7 +149,7 @@ def test_logprobs_are_the_models_log_softmax(random_onnx: Path, scheduler: str) 
         token_index = token.token_id - sum(e < token.token_id for e in engine.folder.eos_ids)
         assert token.logprob == pytest.approx(row[token_index] - row.max() - np.log(np.exp(row - row.max()).sum()),
                                               abs=1e-4)
-        assert not {a.token_id for a in token.top} & engine.folder.eos_ids
+        assert not {a.token_id for a in token.top} & set(engine.folder.eos_ids)
 
 
 @SCHEDULERS

@@ -122,9 +122,9 @@ def test_auto_times_both_paths_at_load_and_says_what_it_chose(tiny_onnx: Path) -
 
 
 def test_int8_steps_stay_off_with_lora_adapters(multi_lora: dict[str, Path]) -> None:
-    from tasks.decoding import GenaiFolder
+    from tasks.served_folder import ServedFolder
 
-    decoder = SlotDecoder(multi_lora["served"], 2, GenaiFolder.read(multi_lora["served"]).adapter_files, int8="on")
+    decoder = SlotDecoder(multi_lora["served"], 2, ServedFolder.read(multi_lora["served"]).adapters, int8="on")
     assert decoder.int8_session is None and "LoRA" in decoder.int8_note
 
 

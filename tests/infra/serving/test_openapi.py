@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from infra.serving import tools
 from infra.serving.app import create_app
 from infra.serving.engine import Engine, EngineConfig
 from infra.serving.schemas import ChatRequest, CompletionRequest
@@ -96,7 +98,12 @@ def _semantic_limit(engine: Engine, body: Any) -> bool:
     if not isinstance(body, dict):
         return False
     if "messages" in body:
-        request = ChatRequest.model_validate(body)
+        try:
+            request = ChatRequest.model_validate(body)
+        except ValidationError:  # a rule across fields (a tool turn's tool_call_id, tool_choice among tools…)
+            return True
+        if tools.mode(request) or (request.response_format and request.response_format.structured):
+            return True  # a generated JSON schema the grammar compiler refuses (the 400 names it)
         if None not in (request.max_tokens, request.max_completion_tokens):
             return request.max_tokens != request.max_completion_tokens
         ids = render_ids(engine.tokenizer, [m.as_template_input() for m in request.messages], True)

@@ -11,13 +11,13 @@ from tasks.decoding import OgModel, Sampling, next_tokens, start_batch
 from tasks.errors import QuantizeError
 from tasks.inputs import describe_model
 from tasks.quantize.adapters import (
-    adapter_files,
     add_adapter,
     lora_inputs,
     peft_lora_weights,
     with_adapter_options,
 )
 from tasks.quantize.onnx import build_onnx, quantized_matmuls
+from tasks.served_folder import adapter_files
 
 CFG = QuantizeConfig(int4_block_size=16)
 PROMPTS = [[5, 40, 41, 42, 43, 44], [7, 8, 9, 60, 61], [100, 101, 102, 103, 104, 105, 106, 107]]
