@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks.errors import ConfigError
-from tasks.served_folder import is_served_folder
+from tasks.served_folder import adapter_files, is_served_folder
 from tasks.settings import get_settings
 
 if TYPE_CHECKING:
@@ -272,7 +272,6 @@ def cmd_multi_lora(args: argparse.Namespace) -> int:
     from tasks.config import QuantizeConfig
     from tasks.inputs import describe_model
     from tasks.quantize.adapters import add_adapter, build_multi_lora
-    from tasks.served_folder import adapter_files
 
     adapters = {}
     for spec in args.adapter:

@@ -12,8 +12,8 @@ from pydantic import BaseModel
 
 from infra.serving.app import create_app
 from infra.serving.capture import CaptureConfig
-from infra.serving.engine import Engine, EngineConfig
-from infra.serving.settings import ServerSettings
+from infra.serving.engine import Engine
+from infra.serving.settings import EngineConfig, ServerSettings
 
 
 def add_options(parser: argparse.ArgumentParser, model: type[BaseModel], skip: tuple[str, ...] = (),

@@ -227,6 +227,8 @@ class Tool(BaseModel):
 
 
 class NamedFunction(BaseModel):
+    """The function ``tool_choice`` names."""
+
     model_config = ConfigDict(extra="forbid")
     name: StrictStr
 

@@ -14,7 +14,10 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import llguidance
+import llguidance.hf
 import numpy as np
+from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
 JSON_OBJECT_SCHEMA = {"type": "object"}
 
@@ -25,8 +28,6 @@ class GrammarError(ValueError):
 
 def format_grammar(response_format: dict[str, Any]) -> str | None:
     """The llguidance grammar for an OpenAI ``response_format`` (already validated in shape), or None for text."""
-    import llguidance
-
     kind = response_format.get("type", "text")
     if kind == "text":
         return None
@@ -53,16 +54,12 @@ class Constraints:
     def _ll(self) -> Any:
         with self._lock:
             if self._tokenizer is None:
-                import llguidance.hf
-
                 self._tokenizer = llguidance.hf.from_tokenizer(self._hf, n_vocab=self.vocab_size,
                                                                eos_token=self.eos_ids)
             return self._tokenizer
 
     def matcher(self, grammar: str) -> RowConstraint:
         """A fresh constraint for one row."""
-        import llguidance
-
         matcher = llguidance.LLMatcher(self._ll(), grammar, log_level=0)
         if matcher.is_error():
             raise GrammarError(f"response_format: {matcher.get_error()}")
@@ -73,31 +70,20 @@ class RowConstraint:
     """A row's grammar state: masks its scores, follows its tokens."""
 
     def __init__(self, matcher: Any, vocab_size: int):
-        from llguidance.numpy import allocate_token_bitmask
-
         self.matcher, self.vocab_size = matcher, vocab_size
         self._bitmask = allocate_token_bitmask(1, vocab_size)
         self._bits = np.arange(32, dtype=np.int32)
 
     def allowed(self) -> np.ndarray:
         """Boolean mask over the vocabulary: the tokens the grammar accepts next."""
-        from llguidance.numpy import fill_next_token_bitmask
-
         fill_next_token_bitmask(self.matcher, self._bitmask)
         bits = (self._bitmask[0][:, None] >> self._bits) & 1
         return bits.reshape(-1)[: self.vocab_size].astype(bool)
 
     def mask(self, scores: np.ndarray) -> np.ndarray:
         """A copy of ``scores`` with every token the grammar cannot take next at -inf."""
-        allowed = self.allowed()
-        out = np.where(allowed[: scores.shape[-1]], scores, -np.inf).astype(scores.dtype, copy=False)
-        return out
+        return np.where(self.allowed()[: scores.shape[-1]], scores, -np.inf).astype(scores.dtype, copy=False)
 
     def accept(self, token: int) -> None:
         """Feed the picked token to the grammar."""
         self.matcher.consume_token(int(token))
-
-    @property
-    def error(self) -> str | None:
-        """The matcher's error, if it has entered its error state."""
-        return self.matcher.get_error() if self.matcher.is_error() else None

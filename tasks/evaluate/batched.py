@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from infra.serving.engine import Engine, EngineConfig
+from infra.serving.engine import Engine
 from infra.serving.protocol import Done, Event, Failed, GenerationRequest, Sampling
+from infra.serving.settings import EngineConfig
 from tasks.data.chat import prompt_ids
 from tasks.errors import SlmopsError
 from tasks.evaluate.generation import generate_answers
