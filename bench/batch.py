@@ -1,5 +1,5 @@
-"""Batch transform throughput: the local executor (batched onnxruntime-genai, records sorted by prompt length)
-against a naive per-record transformers ``generate`` loop and a per-record onnxruntime-genai loop.
+"""Batch transform throughput: the local executor (the serving engine, continuously batched, records sorted by
+prompt length) against a naive per-record transformers ``generate`` loop and a per-record onnxruntime-genai loop.
 
 Same model (random initialisation, no hub: SmolLM-135M's shape, or the 1.7M-parameter demo teacher's; ONNX int4
 built from it), same records (the demo test split's prompts through the chat template), greedy, the same new-token
@@ -60,7 +60,7 @@ def main() -> None:
     from tasks.batch.local import LocalExecutor
     from tasks.config import QuantizeConfig
     from tasks.data.chat import render_ids
-    from tasks.decoding import OgModel, decode_batch
+    from tasks.engine.static_batch import OgModel, decode_batch
     from tasks.modeling import load_model, load_tokenizer
     from tasks.quantize.onnx import build_onnx
     from tasks.records import ModelDir, ModelRelease
@@ -110,7 +110,7 @@ def main() -> None:
                                  GenerationSettings(max_new_tokens=n))
         executor.run(Part(0, records[:size], prompts[:size]), lambda _: None)  # warm-up
         print(f"measuring the local executor, batch {size} …", file=sys.stderr)
-        results.append(("local executor (int4, sorted by length)", str(size),
+        results.append(("local executor (int4, the engine)", str(size),
                         *timed(lambda e=executor: sum(a.completion_tokens for a in e.run(part, lambda _: None)))))
 
     naive_rate = len(records) / results[0][2]

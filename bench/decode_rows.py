@@ -3,7 +3,7 @@
 The model is bench/decode.py's SmolLM-135M-shaped Llama (random init), int4. For 1, 4, 8, 16 and 32 rows (prompts
 of ``--prompt-tokens`` tokens, caches already filled) it times ``--steps`` decoding steps of
 
-- the slot decoder the continuous scheduler runs (infra/serving/slots.py: onnxruntime directly, shared-buffer
+- the slot decoder the continuous scheduler runs (tasks/engine/slots.py: onnxruntime directly, shared-buffer
   KV cache slots), and
 - an onnxruntime-genai static batch of the same rows (what the ``batches`` scheduler runs),
 
@@ -42,7 +42,8 @@ def slot_steps(decoder, rows: int, prompt: list[int], steps: int) -> float:
 
 def genai_steps(model, rows: int, prompt: list[int], steps: int) -> float:
     """Seconds per decoding step of an onnxruntime-genai static batch of ``rows`` rows (one run)."""
-    from tasks.decoding import Sampling, start_batch
+    from tasks.engine.sampling import Sampling
+    from tasks.engine.static_batch import start_batch
 
     generator = start_batch(model, [prompt] * rows, steps + 3, Sampling(min_tokens=steps + 3))
     generator.generate_next_token()  # the prefill
@@ -55,7 +56,8 @@ def genai_steps(model, rows: int, prompt: list[int], steps: int) -> float:
 
 
 def main() -> None:
-    from tasks.decoding import OgModel, available_cores
+    from tasks.engine.settings import available_cores
+    from tasks.engine.static_batch import OgModel
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=available_cores(), help="onnxruntime intra-op threads.")
@@ -67,7 +69,7 @@ def main() -> None:
 
     from decode import make_model, onnx_model
 
-    from infra.serving.slots import SlotDecoder
+    from tasks.engine.slots import SlotDecoder
 
     onnx = onnx_model(args.out, make_model(args.out), "int4")
     prompt = list(range(100, 100 + args.prompt_tokens))

@@ -38,7 +38,7 @@ VARIANTS = {  # label: (block size, algorithm); k_quant needs an even block coun
 def main() -> None:
     from decode import make_model, measure, onnx_model, perplexity
 
-    from tasks.decoding import available_cores
+    from tasks.engine.settings import available_cores
     from tasks.evaluate.runners import OnnxRunner
     from tasks.modeling import load_tokenizer
     from tasks.quantize.onnx import quantized_matmuls

@@ -1,4 +1,4 @@
-"""Quality and speed of int8 steps (infra/serving/int8_rows.py) against the int4 build's own steps.
+"""Quality and speed of int8 steps (tasks/engine/int8_rows.py) against the int4 build's own steps.
 
 Quality, on a served build and a chat test split (the demo's: ``slmops demo`` leaves both under $SLMOPS_HOME):
 every prompt is answered greedily in steps of ``--rows`` rows (static groups, so every step after the prefill has
@@ -71,10 +71,10 @@ def answer_nll(decoder, examples: list[tuple[list[int], list[int]]], rows: int) 
 
 
 def quality(args: argparse.Namespace) -> None:
-    from infra.serving.engine import load_tokenizer
-    from infra.serving.slots import SlotDecoder
     from tasks.data.chat import prompt_ids, render_ids
     from tasks.data.prepare import read_prepared
+    from tasks.engine.engine import load_tokenizer
+    from tasks.engine.slots import SlotDecoder
     from tasks.evaluate.metrics import is_exact_match
 
     tokenizer = load_tokenizer(args.served)
@@ -104,7 +104,7 @@ def speed(args: argparse.Namespace) -> None:
     from decode import make_model, onnx_model
     from decode_rows import slot_steps
 
-    from infra.serving.slots import SlotDecoder
+    from tasks.engine.slots import SlotDecoder
 
     onnx = onnx_model(args.out, make_model(args.out), "int4")
     prompt = list(range(100, 120))
@@ -125,7 +125,7 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    from tasks.decoding import available_cores
+    from tasks.engine.settings import available_cores
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--served", type=Path, help="A served onnxruntime-genai int4 folder (quality part).")

@@ -150,7 +150,7 @@ def measure(folder: Path, adapters: list[str], args: argparse.Namespace) -> dict
 
 
 def main() -> None:
-    from tasks.decoding import available_cores
+    from tasks.engine.settings import available_cores
     from tasks.quantize.tools import disk_size
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,7 +1,7 @@
 """Prefill time of the slot decoder with lm_head over each prompt's last position only vs over every position.
 
 The model is bench/decode.py's SmolLM-135M-shaped Llama (random init), int4. The serving runtime's slot decoder
-(infra/serving/slots.py) loads its decoder with ``last_position_logits``: lm_head projects one position per row.
+(tasks/engine/slots.py) loads its decoder with ``last_position_logits``: lm_head projects one position per row.
 This times ``SlotDecoder.prefill`` for a few shapes (rows × prompt tokens) with that change and without it (the
 build's graph as it is: logits of every position, of which the last of each prompt is kept), in alternating runs,
 and checks both give the same logits.
@@ -35,7 +35,7 @@ def prefill_s(decoder, rows: int, tokens: int) -> tuple[float, np.ndarray]:
 
 
 def main() -> None:
-    from tasks.decoding import available_cores
+    from tasks.engine.settings import available_cores
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=available_cores(), help="onnxruntime intra-op threads.")
@@ -46,7 +46,7 @@ def main() -> None:
     from decode import make_model, onnx_model
 
     from infra.serving import slots
-    from infra.serving.slots import SlotDecoder
+    from tasks.engine.slots import SlotDecoder
 
     onnx = onnx_model(args.out, make_model(args.out), "int4")
     last = SlotDecoder(onnx, args.threads)

@@ -79,7 +79,7 @@ def main() -> None:
     from serve import SERVED, running_server, served_run, throughput, warm_server
 
     from tasks.config import EvalConfig
-    from tasks.decoding import available_cores
+    from tasks.engine.settings import available_cores
     from tasks.evaluate.metrics import perplexity
     from tasks.evaluate.runners import GgufRunner, HfRunner, OnnxRunner
     from tasks.evaluate.score import text_windows

@@ -362,7 +362,7 @@ def print_bandwidth(rows: list[tuple[str, float, int]], bandwidth: float, thread
 
 
 def main() -> None:
-    from tasks.decoding import available_cores
+    from tasks.engine.settings import available_cores
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=64, help="Tokens per timed request (default 64).")

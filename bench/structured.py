@@ -1,6 +1,6 @@
 """What a structured output costs: answers under a JSON schema against plain answers, through the serving engine.
 
-The grammar mask (infra/serving/structured.py) is computed on the CPU for every token of a constrained row, beside
+The grammar mask (tasks/engine/structured.py) is computed on the CPU for every token of a constrained row, beside
 the decoding step. This serves one int4 folder with the engine, answers the same prompts three ways — plain text,
 ``json_object`` and a ``json_schema`` — one request at a time and 8 at once, and reports decode time per token; it
 also times the mask alone (llguidance's bitmask plus applying it to the logits) per token.
@@ -45,8 +45,8 @@ def served_folder(args: argparse.Namespace) -> Path:
 def run(engine, prompts: list[list[int]], fmt: dict, concurrent: int, max_tokens: int) -> tuple[float, int, int, float]:
     """Wall seconds, completion tokens, finished-by-stop answers and the sum of times to first token, for every
     prompt, ``concurrent`` at a time."""
-    from infra.serving.protocol import Done, GenerationRequest, Sampling
-    from infra.serving.structured import format_grammar
+    from tasks.engine.protocol import Done, GenerationRequest, Sampling
+    from tasks.engine.structured import format_grammar
 
     grammar = format_grammar(fmt)
     done: list[Done] = []
@@ -75,7 +75,7 @@ def mask_cost(engine, rounds: int) -> float:
     """Microseconds per token of computing and applying the json_schema mask, over a greedy walk of the grammar."""
     import numpy as np
 
-    from infra.serving.structured import format_grammar
+    from tasks.engine.structured import format_grammar
 
     grammar, vocab = format_grammar(FORMATS["json_schema"]), engine.folder.vocab_size
     rng, times = np.random.default_rng(0), []
@@ -104,9 +104,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="Rounds per measurement (median taken).")
     args = parser.parse_args()
 
-    from infra.serving.engine import Engine
-    from infra.serving.settings import EngineConfig
     from tasks.data.chat import render_ids
+    from tasks.engine.engine import Engine
+    from tasks.engine.settings import EngineConfig
 
     engine = Engine(served_folder(args), EngineConfig(threads=args.threads, int8_steps="off"))
     try:

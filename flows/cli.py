@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from flows import commands, import_cli, platform_cli
-from flows.commands import TARGET_NAMES
+from flows import batch_cli, config_cli, deploy_cli, import_cli, pipeline_cli, platform_cli, registry_cli
 from flows.console import setup_console_logging
+from flows.deploy_cli import TARGET_NAMES
 from tasks.errors import SlmopsError
 from tasks.settings import configure_environment, get_settings
 
@@ -175,12 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": commands.cmd_train, "data": commands.cmd_data_validate, "config": commands.cmd_config,
-            "run": commands.cmd_run, "demo": commands.cmd_demo, "promote": commands.cmd_promote,
-            "rollback": commands.cmd_rollback, "models": commands.cmd_models, "deploy": commands.cmd_deploy,
-            "status": commands.cmd_status, "undeploy": commands.cmd_undeploy,
-            "deploy-rollback": commands.cmd_deploy_rollback, "batch": commands.cmd_batch,
-            "invoke": commands.cmd_invoke, "multi-lora": commands.cmd_multi_lora, "import": import_cli.cmd_import,
+COMMANDS = {"train": pipeline_cli.cmd_train, "run": pipeline_cli.cmd_run, "demo": pipeline_cli.cmd_demo,
+            "data": config_cli.cmd_data_validate, "config": config_cli.cmd_config,
+            "promote": registry_cli.cmd_promote, "rollback": registry_cli.cmd_rollback,
+            "models": registry_cli.cmd_models, "multi-lora": registry_cli.cmd_multi_lora,
+            "deploy": deploy_cli.cmd_deploy, "status": deploy_cli.cmd_status, "undeploy": deploy_cli.cmd_undeploy,
+            "deploy-rollback": deploy_cli.cmd_deploy_rollback, "invoke": deploy_cli.cmd_invoke,
+            "batch": batch_cli.cmd_batch, "import": import_cli.cmd_import,
             "up": platform_cli.cmd_up, "down": platform_cli.cmd_down, "platform": platform_cli.cmd_platform}
 PLATFORM_COMMANDS = {"up", "down", "platform"}  # these manage the platform, the others use it when it is up
 

@@ -77,6 +77,36 @@ def multi_lora(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     return {**paths, "served": Path(built.path)}
 
 
+def _random_onnx(tiny_assets: Path, folder: Path, shape) -> Path:
+    from tasks.config import QuantizeConfig
+    from tasks.demo import make_model
+    from tasks.inputs import describe_model
+    from tasks.quantize.onnx import build_onnx
+
+    make_model(shape, tiny_assets / "tokenizer", folder / "hf", seed=0)
+    # k_quant needs an even number of blocks per input dimension: 16 suits hidden sizes of 32
+    cfg = QuantizeConfig(int4_block_size=16)
+    return Path(build_onnx(describe_model(str(folder / "hf")), "int4", cfg, folder / "onnx").path)
+
+
+@pytest.fixture(scope="session")
+def random_onnx(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny model with a 128-token window: it rarely ends early, so rows run to their budgets."""
+    from tasks.demo import ModelShape
+
+    shape = ModelShape(hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64, max_positions=128)
+    return _random_onnx(tiny_assets, tmp_path_factory.mktemp("random"), shape)
+
+
+@pytest.fixture(scope="session")
+def slow_onnx(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wider untrained model with a 1024-token window: one request can keep the engine busy for a while."""
+    from tasks.demo import ModelShape
+
+    shape = ModelShape(hidden_size=256, layers=4, heads=4, kv_heads=2, intermediate_size=1024, max_positions=1024)
+    return _random_onnx(tiny_assets, tmp_path_factory.mktemp("slow"), shape)
+
+
 @pytest.fixture
 def ollama_server(tmp_path: Path):
     """A server speaking Ollama's REST API on 127.0.0.1, generating with llama.cpp (see tests/fixtures)."""

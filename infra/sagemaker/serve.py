@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from infra.serving.protocol import EngineStats, GenerationRequest
+from tasks.engine.protocol import EngineStats, GenerationRequest
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = "/opt/ml/model"
@@ -123,8 +123,8 @@ def serve(model_dir: str | Path = DEFAULT_MODEL_DIR, host: str = "0.0.0.0", port
     from infra.serving.settings import ServerSettings
 
     def load():
-        from infra.serving.engine import Engine
-        from infra.serving.settings import engine_from_env
+        from tasks.engine.engine import Engine
+        from tasks.engine.settings import engine_from_env
 
         return Engine(model_dir, engine_from_env(os.environ))  # the target's engine settings (SLMOPS_ENGINE_*)
 

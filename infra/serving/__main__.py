@@ -12,8 +12,9 @@ from pydantic import BaseModel
 
 from infra.serving.app import create_app
 from infra.serving.capture import CaptureConfig
-from infra.serving.engine import Engine
-from infra.serving.settings import EngineConfig, ServerSettings
+from infra.serving.settings import ServerSettings
+from tasks.engine.engine import Engine
+from tasks.engine.settings import EngineConfig
 
 
 def add_options(parser: argparse.ArgumentParser, model: type[BaseModel], skip: tuple[str, ...] = (),

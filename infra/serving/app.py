@@ -11,11 +11,11 @@ from fastapi import FastAPI
 from infra.serving.errors import install_handlers
 from infra.serving.middleware import ServingMiddleware
 from infra.serving.openapi import document
-from infra.serving.protocol import GenerationEngine
 from infra.serving.routes import openai as openai_routes
 from infra.serving.routes import ops, sagemaker
 from infra.serving.settings import ServerSettings
 from infra.serving.state import ServingState
+from tasks.engine.protocol import GenerationEngine
 
 
 def create_app(engine: GenerationEngine, settings: ServerSettings | None = None) -> FastAPI:

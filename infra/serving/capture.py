@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from infra.serving.protocol import Done
+from tasks.engine.protocol import Done
 
 log = logging.getLogger(__name__)
 

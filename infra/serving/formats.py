@@ -11,7 +11,7 @@ from typing import Any
 from infra.serving import tools
 from infra.serving.errors import ApiError
 from infra.serving.generation import Generation, Result
-from infra.serving.protocol import Delta, Done, TokenLogprob
+from tasks.engine.protocol import Delta, Done, TokenLogprob
 
 
 def envelope(kind: str, model: str) -> dict[str, Any]:

@@ -16,11 +16,11 @@ from starlette.types import Receive, Scope, Send
 
 from infra.serving import tools
 from infra.serving.errors import ApiError, ClientGone
-from infra.serving.protocol import Delta, Done, Event, Failed, GenerationRequest, QueueFullError, Sampling, TokenLogprob
 from infra.serving.schemas import ChatRequest, CompletionRequest
 from infra.serving.state import ServingState
-from infra.serving.structured import GrammarError, RowConstraint, format_grammar
 from tasks.data.chat import render_ids
+from tasks.engine.protocol import Delta, Done, Event, Failed, GenerationRequest, QueueFullError, Sampling, TokenLogprob
+from tasks.engine.structured import GrammarError, RowConstraint, format_grammar
 
 
 async def prepare(state: ServingState, body: ChatRequest | CompletionRequest) -> GenerationRequest:

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from infra.serving.protocol import GenerationEngine
+from tasks.engine.protocol import GenerationEngine
 
 UNMATCHED = "unmatched"  # the endpoint label of requests no route matches (404s)
 

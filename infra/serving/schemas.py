@@ -4,7 +4,7 @@ Every field is either honoured, accepted as harmless metadata (``user``, ``metad
 accepted only at the value that asks for nothing (``n: 1``, ``frequency_penalty: 0`` …). Anything else — an
 unknown field, or a feature asked for (penalties, logit bias, several choices …) — is a 400 that names the
 parameter (``extra="forbid"``), never silently ignored. Structured outputs (``response_format``) and tool calls
-(``tools``) are honoured: infra/serving/structured.py and tools.py.
+(``tools``) are honoured: tasks/engine/structured.py and tools.py.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 from infra.serving.capture import Capture
 from infra.serving.metrics import Metrics
-from infra.serving.protocol import GenerationEngine
 from infra.serving.settings import ServerSettings
+from tasks.engine.protocol import GenerationEngine
 
 T = TypeVar("T")
 

@@ -2,7 +2,7 @@
 
 Small models' chat templates rarely know tools, so the server uses one generic format (llama.cpp's "generic"
 tool-call handler does the same): the request's tools are listed in a system turn, and the answer is a JSON
-object enforced token by token (infra/serving/structured.py):
+object enforced token by token (tasks/engine/structured.py):
 
 - ``tool_choice: "auto"`` (the default when tools are given): ``{"tool_call": {"name": …, "arguments": {…}}}``
   or ``{"response": "…"}``;

@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from infra.sagemaker.pricing import DEFAULT_PRICES, PRICES_AS_OF
-from infra.serving.settings import EngineConfig
 from tasks.config import GgufType, StageConfig
+from tasks.engine.settings import EngineConfig
 
 
 def engine_keys_nested(data: Any) -> Any:

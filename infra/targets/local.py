@@ -19,10 +19,10 @@ from pydantic import BaseModel, ValidationError
 
 from infra import process
 from infra.process import Liveness, ProcessRef
-from infra.serving.settings import engine_argv
 from infra.targets.base import DeployError, Deployment, DeploymentStatus, RecordedTarget, check_answer, now
 from infra.targets.config import DEFAULT_PORT, LocalTargetConfig
 from infra.targets.proxy_admin import ProxyAdmin
+from tasks.engine.settings import engine_argv
 from tasks.errors import SlmopsError
 from tasks.records import ModelRelease
 

@@ -22,10 +22,10 @@ from pydantic import BaseModel, Field
 from infra.sagemaker.aws import AwsError, Clients, aws_name, ensure_model, is_missing, served_version, upload_model
 from infra.sagemaker.invoke import answer_text, chat_body, invoke, invoke_async
 from infra.sagemaker.pricing import hourly_cost
-from infra.serving.settings import engine_env
 from infra.targets import sagemaker_endpoint as ep
 from infra.targets.base import DeployError, Deployment, DeploymentStatus, RecordedTarget, check_answer, now
 from infra.targets.config import SageMakerConfig
+from tasks.engine.settings import engine_env
 from tasks.records import ModelRelease
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ class GenerationSettings(StageConfig):
                                 "'length'.")
     temperature: float = Field(0.0, ge=0, le=2, description="0 is greedy (reproducible); above 0 samples.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (only when temperature > 0).")
-    seed: int = Field(0, ge=0, description="Random seed for sampling.")
+    seed: int = Field(0, ge=0, description="Random seed for sampling; each record draws from its own generator "
+                      "(this seed and its id), so a record's answer repeats whatever part or company it is in.")
 
 
 class DriftConfig(StageConfig):
@@ -48,11 +49,12 @@ class OutputChecks(StageConfig):
 
 
 class LocalExecutorConfig(StageConfig):
-    """Batched onnxruntime-genai generation in this process (requests sorted by prompt length)."""
+    """Generation in this process by the serving engine, continuously batched (records sorted by prompt length)."""
 
     type: Literal["local"] = "local"
-    batch_size: int = Field(16, ge=1, le=32, description="Records decoded together (onnxruntime-genai 0.18 takes "
-                            "at most 32 rows per generator).")
+    batch_size: int = Field(16, ge=1, le=32, description="Records decoded together: the engine's rows (at most "
+                            "32, what onnxruntime-genai 0.18 takes for a model the engine serves in static "
+                            "batches).")
     threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads (default: SLMOPS_THREADS, "
                                 "else all cores).")
 

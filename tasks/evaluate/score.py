@@ -88,7 +88,7 @@ def greedy_answers(name: str, kind: str, path: str, runner: Any, tokenizer: Any,
     for llama.cpp."""
     if kind == "onnx":
         prompts = [prompt_ids(tokenizer, conv) for conv in conversations]
-        return engine_answers(path, prompts, cfg.max_new_tokens, cfg.threads, name)
+        return engine_answers(runner.engine, prompts, cfg.max_new_tokens, name)
     if kind == "hf":
         return hf_answers(runner.model, tokenizer, conversations, cfg.max_new_tokens, name)
     answers = []

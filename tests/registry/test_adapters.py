@@ -9,8 +9,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from infra import process
-from infra.serving.batch import TokenText
-from infra.serving.engine import load_tokenizer
 from infra.targets.base import DeployError
 from infra.targets.config import FoundryTargetConfig
 from infra.targets.foundry import FoundryTarget
@@ -19,7 +17,9 @@ from registry.errors import RegistryError
 from registry.history import move_alias
 from registry.releases import resolve_release
 from tasks.data.chat import render_ids
-from tasks.decoding import OgModel, decode_batch
+from tasks.engine.engine import load_tokenizer
+from tasks.engine.output import TokenText
+from tasks.engine.static_batch import OgModel, decode_batch
 from tasks.served_folder import adapter_files
 from tests.infra.serving.conftest import start_server
 

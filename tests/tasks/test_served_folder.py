@@ -11,7 +11,7 @@ import pytest
 
 from tasks.data.chat import prompt_ids
 from tasks.data.prepare import read_prepared
-from tasks.decoding import OgModel, decode_batch
+from tasks.engine.static_batch import OgModel, decode_batch
 from tasks.served_folder import CONFIG_FILE, NotAServedFolder, ServedFolder, is_served_folder
 
 

@@ -10,9 +10,9 @@ import pytest
 from botocore.stub import ANY
 
 from infra.sagemaker.aws import Clients, package_model
-from infra.serving.settings import EngineConfig, engine_env, engine_from_env
 from infra.targets import DeployError
 from infra.targets.sagemaker import model_digest
+from tasks.engine.settings import EngineConfig, engine_env, engine_from_env
 from tests.infra.sagemaker.conftest import BUCKET, IMAGE, NOW, ROLE, endpoint_reply, not_found, target
 
 

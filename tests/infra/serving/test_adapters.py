@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from infra import process
-from infra.serving.batch import TokenText
-from infra.serving.engine import load_tokenizer
 from tasks.data.chat import render_ids
-from tasks.decoding import OgModel, decode_batch
+from tasks.engine.engine import load_tokenizer
+from tasks.engine.output import TokenText
+from tasks.engine.static_batch import OgModel, decode_batch
 from tests.infra.serving.conftest import NAME, start_server
 
 QUESTIONS = ["Reverse: a b c", "Uppercase: d h g", "Sort the letters: e g e g i"]

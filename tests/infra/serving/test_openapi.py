@@ -14,10 +14,10 @@ from pydantic import ValidationError
 
 from infra.serving import tools
 from infra.serving.app import create_app
-from infra.serving.engine import Engine, EngineConfig
 from infra.serving.schemas import ChatRequest, CompletionRequest
 from infra.serving.settings import ServerSettings
 from tasks.data.chat import render_ids
+from tasks.engine.engine import Engine, EngineConfig
 
 # hypothesis keeps caches in ./.hypothesis unless told otherwise: keep them in the session's throwaway home
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(os.environ["SLMOPS_HOME"]) / "hypothesis"))

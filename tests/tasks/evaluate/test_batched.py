@@ -1,5 +1,6 @@
-"""Batched evaluation answers exactly what one row at a time answers: the serving engine for ONNX, left-padded
-batches for transformers (the tiny demo teacher, trained, and its int4 build)."""
+"""Batched evaluation answers exactly what one row at a time answers: the serving engine for ONNX (checked against
+onnxruntime-genai's own decoding of each row alone), left-padded batches for transformers (the tiny demo teacher,
+trained, and its int4 build)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from tasks.data.chat import prompt_ids
 from tasks.data.prepare import read_prepared
+from tasks.engine.static_batch import OgModel, decode_batch
 from tasks.evaluate.batched import engine_answers, hf_answers
 from tasks.evaluate.runners import HfRunner, OnnxRunner
 from tasks.modeling import load_tokenizer
@@ -17,16 +19,24 @@ def one_at_a_time(runner, tokenizer, conversations, max_new_tokens: int) -> list
                              skip_special_tokens=True) for c in conversations]
 
 
-def test_engine_answers_equal_row_at_a_time_answers(tiny_onnx: Path, tiny_assets: Path) -> None:
-    # given: 40 test prompts of varied length (more than one engine batch of 16)
+def test_engine_answers_equal_onnxruntime_genai_alone_and_the_runner_s_own(tiny_onnx: Path, tiny_assets: Path) -> None:
+    # given: 40 test prompts of varied length (more than the engine's 16 rows at once)
     conversations = read_prepared(str(tiny_assets / "data" / "test.jsonl"))[:40]
     tokenizer = load_tokenizer(str(tiny_onnx))
     prompts = [prompt_ids(tokenizer, c) for c in conversations]
-    # when: the engine answers them all at once
-    batched = engine_answers(tiny_onnx, prompts, 16, 2, "tiny int4")
-    # then: every answer is the one the row gets alone, and they are not all alike
-    assert batched == one_at_a_time(OnnxRunner(str(tiny_onnx), 2), tokenizer, conversations, 16)
+    runner = OnnxRunner(str(tiny_onnx), 2)
+    # when: the engine answers them all at once (the gate's path)
+    batched = engine_answers(runner.engine, prompts, 16, "tiny int4")
+    # then: every answer is what onnxruntime-genai's own generator gives the row alone, and what the runner's
+    # timed generate gives it, and they are not all alike
+    og = OgModel(tiny_onnx, threads=2)
+    alone = [tokenizer.decode(decode_batch(og, [p], [16])[0].tokens, skip_special_tokens=True) for p in prompts]
+    assert batched == alone
+    assert batched == one_at_a_time(runner, tokenizer, conversations, 16)
     assert len(set(batched)) >= 5  # the tiny teacher trains 40 steps: few distinct answers
+    timed = runner.generate(prompts[0], 6, min_new_tokens=6)
+    assert len(timed.tokens) == 6 and 0 < timed.ttft_s <= timed.total_s, "min_new_tokens holds and times add up"
+    runner.close()
 
 
 def test_hf_batches_answer_what_one_row_answers(tiny_assets: Path) -> None:

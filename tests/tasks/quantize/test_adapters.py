@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tasks.config import QuantizeConfig
-from tasks.decoding import OgModel, Sampling, next_tokens, start_batch
+from tasks.engine.sampling import Sampling
+from tasks.engine.static_batch import OgModel, next_tokens, start_batch
 from tasks.errors import QuantizeError
 from tasks.inputs import describe_model
 from tasks.quantize.adapters import (

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infra.serving.batch import plan_batches
-from infra.serving.engine import Engine, EngineConfig
-from infra.serving.protocol import Delta, Done, Event, GenerationRequest, Sampling
 from tasks.data.chat import render_ids
+from tasks.engine.engine import Engine, EngineConfig
+from tasks.engine.protocol import Delta, Done, Event, GenerationRequest, Sampling
+from tasks.engine.static_batch import plan_batches
 
 
 def run(engine: Engine, requests: list[GenerationRequest], cancel_after: dict[int, int] | None = None
@@ -155,7 +155,7 @@ def test_logprobs_are_the_models_log_softmax(random_onnx: Path, scheduler: str) 
 @SCHEDULERS
 def test_a_request_arriving_mid_batch_finishes_before_the_running_batch_ends(random_onnx: Path, scheduler: str
                                                                             ) -> None:
-    # given a long request (120 tokens) already decoding
+    # given a long request (110 tokens) already decoding
     engine = Engine(random_onnx, EngineConfig(int8_steps="off", batch_window_ms=0, scheduler=scheduler))
     sizes: list[int] = []
     engine.on_batch = sizes.append
@@ -177,7 +177,7 @@ def test_a_request_arriving_mid_batch_finishes_before_the_running_batch_ends(ran
             order.append(("short", len(long_deltas)))
             short_done.set()
 
-    engine.submit(GenerationRequest(ids, 120, Sampling(min_tokens=120), emit=on_long))
+    engine.submit(GenerationRequest(ids, 110, Sampling(min_tokens=110), emit=on_long))
     assert long_done.wait(120) and short_done.wait(120)
     engine.close()
     # then the short one started at once and ended long before the long one (it did not wait): batches runs it
@@ -203,26 +203,17 @@ def test_interleaved_batches_give_the_same_greedy_answers_as_one_batch_at_a_time
     assert answers[4] == answers[1]
 
 
-def test_incremental_detokenization_emits_what_decoding_the_whole_answer_emits(random_onnx: Path) -> None:
-    # given the tokens of an answer with multi-byte characters split across byte-level tokens
+def test_a_request_that_cannot_fit_the_window_is_refused_before_it_is_queued(random_onnx: Path) -> None:
     engine = Engine(random_onnx, EngineConfig(int8_steps="off"))
-    runner = engine._runner
-    assert runner.incremental, "the demo tokenizer should take the incremental path"
-    text = "Grüße, 世界! naïve café 🙂🚀 — done.  Two  spaces\nand a line"
-    ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
-    emitted: dict[bool, list[str]] = {}
-    for incremental in (True, False):
-        deltas: list[Event] = []
-        row = runner.new_row(GenerationRequest([1], len(ids) + 1, emit=deltas.append))
-        if not incremental:
-            row.stream = None  # the reference: the whole answer decoded again after every token
-        runner.stats.active += 1
-        for token in ids:
-            runner._advance(row, token, None)
-        runner._finish(row, "stop")
-        emitted[incremental] = [e.text for e in deltas if isinstance(e, Delta)]
-    engine.close()
-    # then both paths emit the same pieces, never half a character, adding up to the decoded answer
-    assert emitted[True] == emitted[False]
-    assert "".join(emitted[True]) == engine.tokenizer.decode(ids, skip_special_tokens=True)
-    assert not any("\ufffd" in piece for piece in emitted[True]) and len(emitted[True]) > 10
+    try:
+        ids = prompt(engine, "a b c")
+        too_long = GenerationRequest(ids, engine.context_length - len(ids) + 1)
+        with pytest.raises(ValueError, match="does not fit the context window of 128 tokens"):
+            engine.submit(too_long)
+        with pytest.raises(ValueError, match="does not fit"):
+            list(engine.run([GenerationRequest(ids, 4), too_long]))
+        assert engine.queue_depth() == 0, "nothing of a refused set was queued"
+        [(_, done)] = list(engine.run([GenerationRequest(ids, engine.context_length - len(ids))]))
+        assert isinstance(done, Done) and done.completion_tokens >= 1
+    finally:
+        engine.close()

@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from infra.serving.__main__ import add_options
-from infra.serving.settings import EngineConfig, engine_argv, engine_env, engine_from_env
 from infra.targets.config import LocalTargetConfig, SageMakerConfig
+from tasks.engine.settings import EngineConfig, engine_argv, engine_env, engine_from_env
 
 CHANGED = EngineConfig(scheduler="batches", max_batch_size=3, max_queue=7, batch_window_ms=1.5, threads=1,
                        int8_steps="off", max_running_batches=2)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tasks.decoding import Sampling
+from tasks.engine.sampling import Sampling
 
 __all__ = ["Delta", "Done", "EngineStats", "Event", "Failed", "GenerationEngine", "GenerationRequest",
            "QueueFullError", "Sampling", "TokenLogprob"]
@@ -45,6 +45,7 @@ class Done:
     prompt_tokens: int
     completion_tokens: int
     ttft_s: float
+    token_ids: list[int] = field(default_factory=list)  # the completion's tokens (end-of-sequence not included)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     top_logprobs: int | None = None  # None: no logprobs; k ≥ 0: the chosen token's plus k alternatives
     adapter: str | None = None  # LoRA adapter the answer uses (a multi-LoRA model); None: the base model
-    constraint: Any = None  # a structured output's grammar state (infra/serving/structured.RowConstraint)
+    constraint: Any = None  # a structured output's grammar state (tasks/engine/structured.RowConstraint)
     emit: Callable[[Event], None] = _drop
     cancelled: bool = False  # set by Engine.cancel from any thread; the engine drops the row at its next step
     enqueued: float = field(default_factory=time.perf_counter)
@@ -94,7 +95,7 @@ class GenerationEngine(Protocol):
     tokenizer: Any
     stats: EngineStats
     adapters: list[str]  # LoRA adapters served beside the base model, by name
-    constraints: Any  # structured outputs' grammar compiler (infra/serving/structured.py); None: not supported
+    constraints: Any  # structured outputs' grammar compiler (tasks/engine/structured.py); None: not supported
 
     def submit(self, request: GenerationRequest) -> None:
         """Queue ``request`` or raise QueueFullError."""

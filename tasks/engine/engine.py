@@ -6,15 +6,15 @@ Requests wait in a bounded queue for a worker thread, which runs one of two sche
   each row in its own KV-cache slot (``SlotBatch``). Between decoding steps the worker prefills every waiting
   request into a free slot and emits its first token, so a new request never waits for running ones to end;
   finished rows leave at once. Rows of different LoRA adapters share steps, each answering with its own.
-- ``batches``: onnxruntime-genai static batches, for decoders the slot scheduler cannot drive (no
+- ``batches``: onnxruntime-genai static batches (``static_batch.py``), for decoders the slot scheduler cannot drive (no
   GroupQueryAttention). The worker takes the waiting requests (the first waits up to ``batch_window_ms`` for
   company when nothing is running), splits them into batches that share sampling settings and fit the context
   window (``plan_batches``) and prefills each as one static batch (``ActiveBatch``). Running batches are decoded
   in turn, one token per batch per round, and new batches are admitted between rounds (up to
   ``max_running_batches``), so a request that arrives while a long batch runs starts without waiting for it.
 
-The engine knows nothing of HTTP: the serving app talks to it through ``GenerationEngine``
-(submit, events, cancel).
+The engine knows nothing of HTTP: the serving app talks to it through ``GenerationEngine`` (submit, events,
+cancel); the gate's evaluation and the local batch executor hand it a set of requests (``run``).
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from infra.serving.batch import ActiveBatch, BatchRun, TokenText, plan_batches
-from infra.serving.continuous import SlotBatch
-from infra.serving.protocol import EngineStats, Failed, GenerationRequest, QueueFullError
-from infra.serving.settings import EngineConfig
-from infra.serving.slots import SlotDecoder, SlotsUnsupported
-from infra.serving.structured import Constraints
-from tasks.decoding import OgModel, available_cores
+from tasks.engine.output import Outputs
+from tasks.engine.protocol import Done, EngineStats, Event, Failed, GenerationRequest, QueueFullError
+from tasks.engine.scheduler import SlotBatch
+from tasks.engine.settings import EngineConfig, available_cores
+from tasks.engine.slots import SlotDecoder, SlotsUnsupported
+from tasks.engine.static_batch import ActiveBatch, OgModel, plan_batches
+from tasks.engine.structured import Constraints
 from tasks.served_folder import ServedFolder
 
 log = logging.getLogger(__name__)
@@ -72,13 +72,19 @@ class Engine:
                             if self.decoder else None)
         self.stats = EngineStats()
         self.on_batch: Callable[[int], None] | None = None
-        self._runner = BatchRun(self.og_model or self.folder, self.tokenizer, TokenText(self.tokenizer), self.stats)
+        self._outputs = Outputs(self.tokenizer, self.folder.eos_ids, self.stats)
         self._queue: queue.Queue[GenerationRequest] = queue.Queue(maxsize=self.config.max_queue)
         self._backlog: list[GenerationRequest] = []  # taken from the queue, waiting for a free slot
         self._stop = threading.Event()
         loop = self._loop_slots if self.decoder else self._loop
         self._worker = threading.Thread(target=loop, name="slmops-engine", daemon=True)
         self._worker.start()
+
+    def _check(self, request: GenerationRequest) -> None:
+        """Refuse a request that cannot fit the context window (callers cap ``max_tokens`` to the room left)."""
+        if len(request.prompt_ids) + request.max_tokens > self.context_length or not request.prompt_ids:
+            raise ValueError(f"a prompt of {len(request.prompt_ids)} tokens with max_tokens {request.max_tokens} "
+                             f"does not fit the context window of {self.context_length} tokens")
 
     def _slot_decoder(self) -> SlotDecoder | None:
         """The slot decoder for the continuous scheduler, or None for onnxruntime-genai batches."""
@@ -95,10 +101,30 @@ class Engine:
 
     def submit(self, request: GenerationRequest) -> None:
         """Queue a request, or raise QueueFullError when the queue is at capacity."""
+        self._check(request)
         try:
             self._queue.put_nowait(request)
         except queue.Full:
             raise QueueFullError from None
+
+    def run(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, Done | Failed]]:
+        """Decode ``requests`` (together, as the scheduler admits them) and yield ``(i, last event)`` for each as it
+        ends — ``Done``, or ``Failed`` — in the order they end. Waits for room in the queue instead of refusing."""
+        ends: queue.SimpleQueue[tuple[int, Done | Failed]] = queue.SimpleQueue()
+
+        def receiver(i: int) -> Callable[[Event], None]:
+            def emit(event: Event) -> None:
+                if isinstance(event, Done | Failed):
+                    ends.put((i, event))
+            return emit
+
+        for request in requests:
+            self._check(request)
+        for i, request in enumerate(requests):
+            request.emit = receiver(i)
+            self._queue.put(request)
+        for _ in requests:
+            yield ends.get()
 
     def cancel(self, request: GenerationRequest) -> None:
         """Drop ``request``: skipped if still queued, its row stops at the next decoding step if running."""
@@ -133,7 +159,7 @@ class Engine:
             self._backlog += self._gather(wait=not (self._backlog or batch), window=False)
             if batch is None and not self._backlog:
                 continue
-            batch = batch or SlotBatch(self._runner, self.decoder, self.config.max_batch_size)
+            batch = batch or SlotBatch(self._outputs, self.decoder, self.config.max_batch_size)
             self._admit_slots(batch)
             try:
                 if batch.live and self.on_batch:
@@ -165,7 +191,7 @@ class Engine:
             if self.on_batch:
                 self.on_batch(len(requests))
             try:
-                running.append(self._runner.start(requests))
+                running.append(ActiveBatch(self.og_model, self._outputs, requests))
             except Exception as exc:
                 self._fail(requests, exc)
 

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infra.serving.continuous import nucleus, pick
-from infra.serving.engine import Engine, EngineConfig
-from infra.serving.protocol import Delta, Done, Event, GenerationRequest, Sampling
-from infra.serving.slots import SlotsUnsupported, check_slots
 from tasks.data.chat import render_ids
-from tasks.decoding import OgModel, decode_batch
+from tasks.engine.engine import Engine, EngineConfig
+from tasks.engine.protocol import Delta, Done, Event, GenerationRequest, Sampling
+from tasks.engine.slots import SlotsUnsupported, check_slots
+from tasks.engine.static_batch import OgModel, decode_batch
 from tasks.served_folder import ServedFolder
 
 QUESTIONS = ["a b c", "Reverse: x y z w", "Uppercase: q", "Sort the letters: d c b a e", "Add 2 and 3", "Hi",
@@ -76,7 +75,7 @@ def test_rows_joining_and_leaving_a_running_batch_answer_as_onnxruntime_genai_al
 
 
 def test_prompts_prefilled_together_get_the_logits_and_cache_of_each_prefilled_alone(tiny_onnx: Path) -> None:
-    from infra.serving.slots import SlotDecoder
+    from tasks.engine.slots import SlotDecoder
 
     decoder = SlotDecoder(tiny_onnx, 2)
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
@@ -94,7 +93,7 @@ def test_prompts_prefilled_together_get_the_logits_and_cache_of_each_prefilled_a
 
 
 def test_rows_of_different_adapters_in_one_step_each_answer_with_their_own(multi_lora: dict[str, Path]) -> None:
-    from infra.serving.slots import SlotDecoder
+    from tasks.engine.slots import SlotDecoder
     from tasks.served_folder import ServedFolder
 
     # given the multi-LoRA folder: alpha (r=8 on q/v/o/down) and beta (r=4 on q/v)
@@ -137,27 +136,6 @@ def test_seeded_sampling_repeats_in_any_company_and_a_tiny_top_p_is_greedy(rando
     assert greedy[1] == greedy[0] and crowded[2] == greedy[0]
 
 
-def test_pick_never_draws_a_banned_token_and_keeps_to_the_top_p_mass() -> None:
-    rng = np.random.default_rng(0)
-    scores = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
-    assert pick(scores, Sampling(), rng) == 0
-    assert pick(scores, Sampling(), rng, banned={0}) == 1
-    drawn = {pick(scores, Sampling(temperature=1.0, top_p=0.75), rng) for _ in range(300)}
-    assert drawn == {0, 1}, "0.5 + 0.3 covers 0.75: only the first two can be drawn"
-    drawn = {pick(scores, Sampling(temperature=1.0), rng, banned={1}) for _ in range(300)}
-    assert drawn == {0, 2, 3}
-
-
-def test_nucleus_is_the_set_a_full_sort_gives() -> None:
-    rng = np.random.default_rng(1)
-    for _ in range(60):  # peaked to flat distributions over 5000 tokens, small to large top_p
-        probs = rng.dirichlet(np.full(5000, rng.choice([0.01, 0.1, 1.0])))
-        top_p = float(rng.uniform(0.05, 0.999))
-        order = np.argsort(-probs, kind="stable")
-        expected = order[: int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1]
-        assert sorted(nucleus(probs, top_p)) == sorted(expected)
-
-
 def test_a_decoder_without_group_query_attention_is_refused_by_name(random_onnx: Path, tmp_path: Path) -> None:
     import onnx
 
@@ -180,7 +158,7 @@ def test_a_prefill_projects_only_each_prompts_last_position_yet_gets_the_unchang
         tiny_onnx: Path) -> None:
     import onnxruntime as ort
 
-    from infra.serving.slots import LAST_INPUT, SlotDecoder
+    from tasks.engine.slots import LAST_INPUT, SlotDecoder
 
     # given the slot decoder (lm_head fed one position per row) and the build's own decoder, unchanged
     decoder = SlotDecoder(tiny_onnx, 2)
@@ -212,7 +190,7 @@ def test_last_position_logits_gathers_the_named_rows_and_leaves_a_graph_without_
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from infra.serving.slots import LAST_INPUT, last_position_logits
+    from tasks.engine.slots import LAST_INPUT, last_position_logits
 
     def graph(last: str) -> onnx.ModelProto:
         nodes = [helper.make_node("MatMul", ["hidden", "w"], ["projected"]),

@@ -1,4 +1,4 @@
-"""Steps of many rows on int8 weights made at load from the int4 build (infra/serving/int8_rows.py)."""
+"""Steps of many rows on int8 weights made at load from the int4 build (tasks/engine/int8_rows.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infra.serving.int8_rows import Int8Unsupported, dequantize_nbits, int8_matmuls
-from infra.serving.slots import SlotDecoder, int8_threshold, release_freed_memory
+from tasks.engine.int8_rows import Int8Unsupported, dequantize_nbits, int8_matmuls
+from tasks.engine.slots import SlotDecoder, int8_threshold, release_freed_memory
 
 
 def matmul_model(k: int, n: int, seed: int = 0):
@@ -129,10 +129,10 @@ def test_int8_steps_stay_off_with_lora_adapters(multi_lora: dict[str, Path]) -> 
 
 
 def test_an_engine_with_int8_steps_serves_rows_joining_mid_batch(tiny_onnx: Path) -> None:
-    from infra.serving.engine import Engine, EngineConfig
-    from infra.serving.protocol import Done, GenerationRequest
     from tasks.data.chat import render_ids
-    from tests.infra.serving.test_continuous import staggered, tokens
+    from tasks.engine.engine import Engine, EngineConfig
+    from tasks.engine.protocol import Done, GenerationRequest
+    from tests.tasks.engine.test_scheduler import staggered, tokens
 
     # given the engine with int8 steps from 2 rows, and one without
     engines = [Engine(tiny_onnx, EngineConfig(scheduler="continuous", int8_steps=mode)) for mode in ("on", "off")]

@@ -1,4 +1,4 @@
-"""Structured outputs (infra/serving/structured.py): ``response_format`` json_schema and json_object enforced
+"""Structured outputs (tasks/engine/structured.py): ``response_format`` json_schema and json_object enforced
 token by token, through the OpenAI client's ``parse`` and LangChain's ``with_structured_output`` (whose default
 method is json_schema), on a real server process over the trained tiny teacher."""
 
@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import openai
 import pytest
 from openai import OpenAI
 from pydantic import BaseModel, Field
 
 from infra import process
-from infra.serving.structured import Constraints, GrammarError, format_grammar
 from tests.infra.serving.conftest import NAME, start_server
 
 USER = [{"role": "user", "content": "Reverse: a b c"}]
@@ -81,17 +79,3 @@ def test_the_batches_scheduler_refuses_structured_output(tiny_onnx: Path, tmp_pa
                 model=NAME, messages=USER, max_tokens=4, response_format={"type": "json_object"})
     finally:
         process.stop(pid)
-
-
-def test_the_mask_allows_exactly_what_the_grammar_takes(tiny_onnx: Path) -> None:
-    from tasks.modeling import load_tokenizer
-    from tasks.served_folder import ServedFolder
-
-    folder, tokenizer = ServedFolder.read(tiny_onnx), load_tokenizer(str(tiny_onnx))
-    row = Constraints(tokenizer, folder.vocab_size, folder.eos_ids).matcher(format_grammar({"type": "json_object"}))
-    scores = row.mask(np.zeros(folder.vocab_size, np.float32))
-    allowed = np.flatnonzero(np.isfinite(scores))
-    assert len(allowed) and all(tokenizer.decode([int(t)]).lstrip().startswith("{") for t in allowed)
-    assert not set(folder.eos_ids) & set(allowed.tolist()), "no end-of-sequence before the object"
-    with pytest.raises(GrammarError):
-        format_grammar({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}})

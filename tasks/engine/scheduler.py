@@ -1,56 +1,23 @@
-"""Continuous batching: requests join the running batch between decoding steps and leave it when they end.
+"""The continuous scheduler: requests join the running batch between decoding steps and leave it when they end.
 
 ``SlotBatch`` holds the running rows in a ``SlotCache``, each with its own LoRA adapter (or the base). ``admit``
-prefills new requests into free slots and emits their first tokens at once; ``step`` decodes one token for every
-row; a finished or cancelled row frees its slot for the next request. Tokens are picked here (greedy, or
-temperature and top-p with the request's own seeded generator), so rows with different sampling settings share
-a step. Text, stops, logprobs and events are ``BatchRun``'s, the same as for onnxruntime-genai's static batches.
+prefills new requests into free slots (in groups of at most ``PREFILL_TOKENS`` padded positions) and emits their
+first tokens at once; ``step`` decodes one token for every row; a finished or cancelled row frees its slot for
+the next request. Tokens are picked here (``tasks/engine/sampling.py``: greedy, or temperature and top-p with the
+request's own seeded generator), so rows with different sampling settings share a step; each row's text, stops,
+logprobs and events are its ``RowOutput``'s (``tasks/engine/output.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from infra.serving.batch import BatchRun, _Row
-from infra.serving.protocol import GenerationRequest, Sampling
-from infra.serving.slots import SlotDecoder
-
-
-def pick(scores: np.ndarray, sampling: Sampling, rng: np.random.Generator, banned: Iterable[int] = ()) -> int:
-    """The next token from one row's logits: the most likely (greedy) or drawn after temperature and top-p."""
-    banned = list(banned)
-    if sampling.greedy and not banned:
-        return int(np.argmax(scores))
-    x = scores.astype(np.float64)
-    x[banned] = -np.inf
-    if sampling.greedy:
-        return int(np.argmax(x))
-    probs = np.exp((x - x.max()) / sampling.temperature)
-    probs /= probs.sum()
-    if sampling.top_p < 1.0:
-        kept = nucleus(probs, sampling.top_p)
-        return int(kept[rng.choice(len(kept), p=probs[kept] / probs[kept].sum())])
-    return int(rng.choice(len(probs), p=probs))
-
-
-def nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
-    """The most likely tokens, most likely first, whose probabilities first add up to ``top_p`` (at least one).
-
-    Sorts only the top k (k doubling from 64) instead of the whole vocabulary: the same set, far faster.
-    """
-    k = 64
-    while True:
-        k = min(k, len(probs))
-        top = np.argpartition(-probs, k - 1)[:k] if k < len(probs) else np.arange(len(probs))
-        top = top[np.argsort(-probs[top], kind="stable")]
-        mass = np.cumsum(probs[top])
-        if mass[-1] >= top_p or k == len(probs):
-            return top[: int(np.searchsorted(mass, top_p)) + 1]
-        k *= 2
-
+from tasks.engine.output import Outputs, RowOutput
+from tasks.engine.protocol import GenerationRequest
+from tasks.engine.sampling import pick
+from tasks.engine.slots import SlotDecoder
 
 PREFILL_TOKENS = 2048  # padded prompt positions prefilled in one run at most (one longer prompt runs alone)
 
@@ -69,7 +36,7 @@ def prefill_groups(requests: list[GenerationRequest], budget: int) -> list[list[
 
 @dataclass
 class _Slot:
-    row: _Row
+    row: RowOutput
     rng: np.random.Generator
     token: int = -1  # the last picked token, fed at the next step
 
@@ -78,11 +45,11 @@ class SlotBatch:
     """The running rows: ``admit`` adds requests between steps, ``step`` decodes one token for each, every row with
     its own LoRA adapter (or the base)."""
 
-    def __init__(self, runner: BatchRun, decoder: SlotDecoder, slots: int):
-        self.runner, self.decoder = runner, decoder
+    def __init__(self, outputs: Outputs, decoder: SlotDecoder, slots: int):
+        self.outputs, self.decoder = outputs, decoder
         self.cache = decoder.cache(slots)
         self.live: list[_Slot] = []  # live[i] is in cache slot i
-        runner.stats.batches += 1
+        outputs.stats.batches += 1
 
     @property
     def free(self) -> int:
@@ -96,20 +63,18 @@ class SlotBatch:
         the group size bounds the activations and key/value outputs of one prefill run.
         """
         for group in prefill_groups(requests, PREFILL_TOKENS):
-            slots = [_Slot(self.runner.new_row(r), np.random.default_rng(None if r.sampling.seed is None
-                                                                         else r.sampling.seed % 2**64))
-                     for r in group]
             logits = self.decoder.prefill(self.cache, len(self.live), [r.prompt_ids for r in group],
                                           [r.adapter for r in group])
+            slots = [_Slot(self.outputs.open(r), r.sampling.generator()) for r in group]
             self.live += slots
-            self.runner.stats.active += len(slots)
             for slot, scores in zip(slots, logits, strict=True):
                 self._advance(slot, scores)
         self._compact()
 
     def step(self) -> None:
         """Decode one token for every live row; finished and cancelled rows leave."""
-        self.runner._drop_cancelled([s.row for s in self.live])
+        for slot in self.live:
+            slot.row.drop_if_cancelled()
         self._compact()
         if not self.live:
             return
@@ -122,7 +87,8 @@ class SlotBatch:
     def abandon(self) -> list[GenerationRequest]:
         """Forget every row after a failure; their requests (for the caller to tell)."""
         requests = [s.row.request for s in self.live if not s.row.done]
-        self.runner.stats.active -= len(requests)
+        for slot in self.live:
+            slot.row.abandon()
         self.live.clear()
         return requests
 
@@ -132,9 +98,8 @@ class SlotBatch:
             slot.token = pick(constraint.mask(scores), sampling, slot.rng)
             constraint.accept(slot.token)
         else:
-            banned = self.runner.eos_ids if len(row.tokens) < sampling.min_tokens else ()
-            slot.token = pick(scores, sampling, slot.rng, banned)
-        self.runner._advance(row, slot.token, scores if row.request.top_logprobs is not None else None)
+            slot.token = pick(scores, sampling, slot.rng, row.banned())
+        row.add(slot.token, scores)
 
     def _compact(self) -> None:
         """Fill each finished row's slot with the last live row, so the live rows stay the first slots."""

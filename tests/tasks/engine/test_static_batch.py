@@ -8,7 +8,8 @@ import pytest
 
 from tasks.data.chat import prompt_ids
 from tasks.data.prepare import read_prepared
-from tasks.decoding import OgModel, Sampling, decode_batch
+from tasks.engine.sampling import Sampling
+from tasks.engine.static_batch import OgModel, decode_batch
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ leave between steps, and one step costs what a static batch of the same rows cos
 The decoder is loaded with one change to its graph (``last_position_logits``): lm_head projects only the position
 each row needs, not every position of a prompt, so a prefill computes and returns one row of logits per prompt.
 With ``int8`` on, steps of many rows (and the prefills that join them) run on a second session whose MatMuls take
-int8 weights made from the int4 ones (infra/serving/int8_rows.py), bound to the same cache slots.
+int8 weights made from the int4 ones (tasks/engine/int8_rows.py), bound to the same cache slots.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from infra.serving.int8_rows import Int8Unsupported, int8_matmuls
-from infra.serving.lora_rows import ROWS_INPUT, LoraRoutingError, LoraRows, route_rows
+from tasks.engine.int8_rows import Int8Unsupported, int8_matmuls
+from tasks.engine.lora_rows import ROWS_INPUT, LoraRoutingError, LoraRows, route_rows
 from tasks.served_folder import DecoderLayout, ServedFolder
 
 LAST_INPUT = "slmops_last_positions"  # per row: the flat index (row × width + position) whose logits lm_head makes
@@ -160,11 +160,11 @@ class SlotDecoder:
     """The decoder session; ``prefill`` prompts into slots, ``decode`` one token for the first ``n`` slots.
 
     ``adapters``: LoRA adapter files (a multi-LoRA build) by name. Their decoder is loaded with a per-row mask
-    between each LoRA branch's two MatMuls (infra/serving/lora_rows.py), so every row of a step answers with its
+    between each LoRA branch's two MatMuls (tasks/engine/lora_rows.py), so every row of a step answers with its
     own adapter (or the base).
 
     ``int8``: steps of ``int8_from`` rows or more, and the prefills that bring the live rows to that many, run on
-    a second session of the same decoder with int8 MatMuls (infra/serving/int8_rows.py) — ``"off"``; ``"on"``
+    a second session of the same decoder with int8 MatMuls (tasks/engine/int8_rows.py) — ``"off"``; ``"on"``
     (from 2 rows); ``"auto"``: both paths are timed at load and the int8 one is kept from the smallest row count
     where it saves 10% and 0.5 ms a step (and at every larger count timed: ``int8_threshold``), or dropped. A lone
     row (its prefill and its steps) always runs on the build's own weights. Not with adapters.
