@@ -131,7 +131,7 @@ def main() -> None:
     formats: list[tuple[str, object, Path]] = [("transformers fp32", HfRunner(str(model_dir)), model_dir)]
     for precision in ("int4", "int8", "fp32"):
         folder = onnx_model(args.out, model_dir, precision)
-        formats.append((f"ORT GenAI {precision}", OnnxRunner(str(folder), args.threads), folder))
+        formats.append((f"slmops engine {precision}", OnnxRunner(str(folder), args.threads), folder))
     if importlib.util.find_spec("llama_cpp"):
         paths = gguf_models(args.out, model_dir, ["Q4_0", "q8_0"])
         for t, label in (("Q4_0", "llama.cpp Q4_0"), ("q8_0", "llama.cpp Q8_0")):

@@ -3,7 +3,7 @@
 Each variant of bench/decode.py's SmolLM-135M-shaped Llama (random init) is built with the onnxruntime-genai
 builder through ``tasks.quantize.onnx.build_onnx`` (which reads back the block size and bits it asked for), or
 with the pipeline's Olive GPTQ path (``quantize.olive_gptq``, calibrated on 64 demo train rows), and decoded
-in-process by onnxruntime-genai (``OnnxRunner``, same ``--threads``): decode tokens/s (median of ``--repeats``
+in-process by the serving engine (``OnnxRunner``, same ``--threads``): decode tokens/s (median of ``--repeats``
 runs, which alternate between the variants), perplexity over 16 demo test conversations against the fp32 ONNX
 build's, and size. The builder's ``accuracy_level`` is read from the built model too (it is 4 on CPU by default:
 int8 activations).

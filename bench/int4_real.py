@@ -114,7 +114,7 @@ def main() -> None:
         built_s = time.perf_counter() - start
         runner = OnnxRunner(str(folder), args.threads)
         prompts = [prompt_ids(tok, c) for c in conversations]
-        em = exact_match_rate(engine_answers(folder, prompts, 24, args.threads, label), refs)
+        em = exact_match_rate(engine_answers(runner.engine, prompts, 24, label), refs)
         ppl = perplexity(runner, examples)
         text = perplexity(runner, windows)
         size = disk_size(folder) / 2**20

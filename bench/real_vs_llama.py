@@ -16,7 +16,7 @@ Tables printed:
    256 tokens, and size on disk, for fp32 (transformers), our int4 and each GGUF.
 2. Single stream, in alternating rounds (each round runs every path once, medians of ``--repeats``): decode
    tokens/s of a greedy ``--new-tokens`` answer (end of sequence suppressed) and the time to prefill a
-   ``--prefill``-token prompt and give its first token. Our int4 runs in-process through onnxruntime-genai (the
+   ``--prefill``-token prompt and give its first token. Our int4 runs in-process through the serving engine (the
    runner the gate uses) and over HTTP through our server (decode only); llama.cpp through llama-cpp-python.
 3. Our server with 1 and 16 concurrent clients: aggregate completion tokens/s (llama-cpp-python's ``Llama``
    decodes one sequence at a time, so it has no such row).
@@ -93,9 +93,9 @@ def main() -> None:
     tok = load_tokenizer(str(onnx))
     windows = text_windows(tok, EvalConfig(real_text=TEXT))
     n_ctx = max(args.prefill + args.new_tokens, 256) + 8
-    runners = {"our int4 (onnxruntime-genai, in-process)": OnnxRunner(str(onnx), args.threads),
+    runners = {"our int4 (slmops engine, in-process)": OnnxRunner(str(onnx), args.threads),
                **{f"llama.cpp {name}": GgufRunner(str(path), args.threads, n_ctx) for name, path in ggufs.items()}}
-    sizes = {"transformers fp32": disk_size(parent), "our int4 (onnxruntime-genai, in-process)": disk_size(onnx),
+    sizes = {"transformers fp32": disk_size(parent), "our int4 (slmops engine, in-process)": disk_size(onnx),
              **{f"llama.cpp {name}": path.stat().st_size for name, path in ggufs.items()}}
 
     print(f"\n## Perplexity on {TEXT} ({sum(len(w) for w, _ in windows)} tokens, windows of 256), "

@@ -1,9 +1,9 @@
 """Served decode speed against in-process runtimes, TTFT under load, and memory-bandwidth share, in one run.
 
 The model is bench/decode.py's SmolLM-135M-shaped Llama (random init): its int4 ONNX build is served by our
-runtime (``python -m infra.serving``) on 127.0.0.1 and also decoded in-process by onnxruntime-genai; its GGUF
+runtime (``python -m infra.serving``) on 127.0.0.1 and also decoded in-process by the same engine; its GGUF
 Q4_0 build is decoded in-process by llama.cpp (llama-cpp-python); transformers fp32 is the baseline. Every path
-uses the same ``--threads`` (server ``--threads``, onnxruntime-genai intra-op threads, llama.cpp ``n_threads`` and
+uses the same ``--threads`` (server ``--threads``, the in-process engine's threads, llama.cpp ``n_threads`` and
 ``n_threads_batch``, ``torch.set_num_threads``).
 
     python bench/serve.py [--new-tokens 64] [--repeats 5] [--requests 4] [--probes 20] [--max-batch-size N]
@@ -237,7 +237,7 @@ def measure_loads(url: str, args: argparse.Namespace) -> tuple[list[float], list
 def single_streams(url: str, model_dir: Path, onnx: Path, gguf: Path | None,
                    args: argparse.Namespace) -> list[PathSpeed]:
     """Single-stream decode tokens/s and TTFT of every path: the server at ``url``, then
-    onnxruntime-genai int4, llama.cpp Q4_0 (when ``gguf``) and transformers fp32 in-process (not with
+    the engine on int4, llama.cpp Q4_0 (when ``gguf``) and transformers fp32 in-process (not with
     ``--server-only``).
 
     Every runner is loaded and warmed first; then each of ``--repeats`` rounds runs every path once, in turn, so
@@ -254,7 +254,7 @@ def single_streams(url: str, model_dir: Path, onnx: Path, gguf: Path | None,
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
     runners: dict[str, Runner] = {}
     if not args.server_only:
-        runners["in-process onnxruntime-genai, int4"] = OnnxRunner(str(onnx), args.threads)
+        runners["in-process slmops engine, int4"] = OnnxRunner(str(onnx), args.threads)
         if gguf:
             runners["in-process llama.cpp Q4_0"] = GgufRunner(str(gguf), args.threads)
         runners["in-process transformers fp32"] = HfRunner(str(model_dir))
