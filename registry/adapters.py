@@ -86,7 +86,8 @@ def assemble_adapter_release(root: Path, client: MlflowClient, name: str, versio
     if (served / ADAPTERS_DIR / f"{name}{ADAPTER_SUFFIX}").is_file():
         return served
     base_name, base_version = version_of(client, base_ref)
-    base_dir = download_served(root, base_name, base_version, client.get_model_version(base_name, base_version).run_id)
+    base = client.get_model_version(base_name, base_version)
+    base_dir = download_served(root, base_name, base_version, base.run_id, base.source)
     staging = dest / ".assembling"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(base_dir, staging, copy_function=_link_or_copy)

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 
 from registry.errors import RegistryError
-from registry.tracking import setup_tracking
+from registry.tracking import prefect_run_tags, publish_run_link, setup_tracking
 from tasks.batch.profile import Profile
 from tasks.batch.report import BatchReport, markdown
 from tasks.records import ModelRelease
@@ -46,7 +46,7 @@ def record_batch_run(root: Path, report: BatchReport) -> str:
     """An MLflow run for one batch: tagged with the model name and version, its metrics, report and manifest."""
     setup_tracking(root)
     client = MlflowClient()
-    with mlflow.start_run(run_name=f"{report.model_name}-batch") as run:
+    with mlflow.start_run(run_name=f"{report.model_name}-batch", tags=prefect_run_tags()) as run:
         run_id = run.info.run_id
         mlflow.set_tags({"slmops.stage": "batch", "slmops.model_name": report.model_name,
                          "slmops.model_version": report.model_version, "slmops.model_ref": report.model_ref,
@@ -55,6 +55,7 @@ def record_batch_run(root: Path, report: BatchReport) -> str:
         mlflow.log_metrics(report.metrics())
         client.log_text(run_id, markdown(report), "batch_report.md")
         client.log_dict(run_id, report.model_dump(mode="json"), "batch_report.json")
+    publish_run_link(run_id)
     return run_id
 
 

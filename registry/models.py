@@ -15,6 +15,7 @@ from registry.batch import PROFILE_TAG, store_profile
 from registry.card import model_card
 from registry.errors import RegistryError
 from registry.history import aliases, move_alias, require_model
+from registry.pyfunc import log_served_model
 from registry.resolve import download_served
 from registry.tracking import setup_tracking
 from tasks.batch.profile import Profile
@@ -62,7 +63,7 @@ def fetch_champion(root: Path, name: str, alias: str = "champion") -> ChampionRe
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-    served = download_served(root, name, str(version.version), version.run_id)
+    served = download_served(root, name, str(version.version), version.run_id, version.source)
     return ChampionRef(version=str(version.version), artifact=onnx_artifact("champion", served))
 
 
@@ -121,20 +122,20 @@ def register_version(root: Path, run_id: str, config: PipelineConfig, data: Prep
             store_profile(client, name, existing, profile)
         given = _give_aliases(client, name, existing, config.gate.auto_promote, "passed gate (identical rerun)")
         return RegisteredVersion(name=name, version=existing, run_id=run_id, aliases=given, reused=True)
-    client.log_artifacts(run_id, served.path, "served")
+    model = log_served_model(run_id, served.path)  # an MLflow Model: loads with mlflow.pyfunc
     for a in artifacts:
         if a.kind == "gguf":
             client.log_artifact(run_id, a.path, "gguf")
-    client.log_artifacts(run_id, merged.path, "hf")
     card = model_card(name, config, data, artifacts, report, decision, lineage)
     client.log_text(run_id, card, "model_card.md")
     tags = {f"slmops.{k}": v for k, v in lineage.items()} | {"slmops.gate": "passed",
                                                              "slmops.served_artifact": served.name,
                                                              "slmops.served_digest": served.digest}
-    mv = client.create_model_version(name, source=f"runs:/{run_id}/served", run_id=run_id, tags=tags,
-                                     description=card)
+    mv = client.create_model_version(name, source=model.model_uri, run_id=run_id, tags=tags, description=card,
+                                     model_id=model.model_id)
     for k, v in report.metrics(served.name).items():
-        client.set_model_version_tag(name, mv.version, f"metric.{k}", f"{v:.6g}")
+        client.log_metric(run_id, k, v, model_id=model.model_id)  # on the logged model's page, as numbers
+        client.set_model_version_tag(name, mv.version, f"metric.{k}", f"{v:.6g}")  # kept for older readers
     if profile is not None:
         store_profile(client, name, str(mv.version), profile)
     given = _give_aliases(client, name, str(mv.version), config.gate.auto_promote, "passed gate")

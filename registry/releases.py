@@ -34,7 +34,7 @@ def resolve_release(root: Path, ref: str) -> ModelRelease:
     if mv.tags.get(KIND_TAG) == ADAPTER_KIND:
         served = assemble_adapter_release(root, client, name, version, mv.run_id, mv.tags[BASE_TAG], dest)
         return ModelRelease(name=name, version=str(version), onnx_dir=str(served))
-    served = download_served(root, name, version, mv.run_id)
+    served = download_served(root, name, version, mv.run_id, mv.source)
     try:
         gguf = {}
         for item in client.list_artifacts(mv.run_id, "gguf"):

@@ -48,8 +48,12 @@ def version_cache(root: Path, name: str, version: str) -> Path:
     return Path(root) / "cache" / "registry" / name / str(version)
 
 
-def download_served(root: Path, name: str, version: str, run_id: str) -> Path:
-    """The version's served ONNX folder, downloaded once per version (atomically: never a half folder)."""
+def download_served(root: Path, name: str, version: str, run_id: str, source: str | None = None) -> Path:
+    """The version's served ONNX folder, downloaded once per version (atomically: never a half folder).
+
+    ``source`` is the version's: an MLflow Model (``models:/m-…``, what the pipeline registers; the folder is its
+    ``served`` artifact) or, for versions registered before slmops logged MLflow Models, the run's ``served``
+    folder itself (``runs:/RUN/served``, also the default)."""
     dest = version_cache(root, name, version)
     served = dest / "served"
     if is_served_folder(served):
@@ -57,9 +61,17 @@ def download_served(root: Path, name: str, version: str, run_id: str) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
     try:
-        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="served", dst_path=str(staging))
+        if source and not source.startswith("runs:/"):
+            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging / "model"))
+            found = sorted(p.parent for p in (staging / "model").rglob("genai_config.json"))
+            if len(found) != 1:
+                raise RegistryError(f"{name}/{version}: its model {source} holds {len(found)} served folders, not one")
+            folder = found[0]
+        else:
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="served", dst_path=str(staging))
+            folder = staging / "served"
         shutil.rmtree(served, ignore_errors=True)
-        (staging / "served").replace(served)
+        folder.replace(served)
     except MlflowException as exc:
         raise RegistryError(f"cannot download the artifacts of {name}/{version}: {exc}") from None
     finally:

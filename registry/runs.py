@@ -8,7 +8,15 @@ import mlflow
 import yaml
 from prefect import task
 
-from registry.tracking import flatten, log_dataset, log_params, log_series, setup_tracking
+from registry.tracking import (
+    flatten,
+    log_dataset,
+    log_params,
+    log_series,
+    prefect_run_tags,
+    publish_run_link,
+    setup_tracking,
+)
 from tasks.config import PipelineConfig
 from tasks.records import ModelDir, PreparedData, TrainResult
 
@@ -17,7 +25,7 @@ def log_training_run(root: Path, config: PipelineConfig, data: PreparedData, res
                      scores: dict[str, float], model: ModelDir, timings: dict[str, float]) -> str:
     """Create an MLflow run holding everything about one training; return its run id."""
     setup_tracking(root)
-    with mlflow.start_run(run_name=f"{config.name}-train") as run:
+    with mlflow.start_run(run_name=f"{config.name}-train", tags=prefect_run_tags(), log_system_metrics=True) as run:
         run_id = run.info.run_id
         log_params(run_id, flatten(config.model_dump(mode="json")))
         mlflow.set_tags({"slmops.stage": "train", "slmops.dataset_digest": data.digest,
@@ -33,7 +41,8 @@ def log_training_run(root: Path, config: PipelineConfig, data: PreparedData, res
         mlflow.log_metrics({f"exact_match/{name}": value for name, value in scores.items()})
         mlflow.log_metrics({f"seconds/{name}": value for name, value in timings.items()})
         mlflow.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config.yaml")
-        mlflow.log_artifacts(model.path, artifact_path="model")
+        mlflow.log_artifacts(model.path, artifact_path="model")  # the trained weights, once (not again at register)
+    publish_run_link(run_id)
     return run_id
 
 

@@ -81,3 +81,31 @@ def registry_client(root: Path) -> MlflowClient:
     """An MlflowClient on the configured store (the platform's server, the user's, or the embedded sqlite)."""
     setup_tracking(root)
     return MlflowClient()
+
+
+def prefect_run_tags() -> dict[str, str]:
+    """Tags naming the Prefect flow run this code runs in (id, name and UI link); none outside a flow run."""
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return {}
+    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
+    if flow_run.ui_url:
+        tags["prefect.flow_run_url"] = str(flow_run.ui_url)
+    return tags
+
+
+def publish_run_link(run_id: str) -> None:
+    """Inside a Prefect flow run: a link artifact to MLflow run ``run_id`` (its page on an http tracking server,
+    else its ``runs:/`` URI), so the flow run's page leads to what it logged."""
+    from prefect.artifacts import create_link_artifact
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return
+    uri, run = mlflow.get_tracking_uri(), MlflowClient().get_run(run_id)
+    link = (f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}" if uri.startswith("http")
+            else f"runs:/{run_id}")
+    create_link_artifact(link, link_text=f"MLflow run {run.info.run_name or run_id}",
+                         description=f"What this flow run logged to MLflow ({uri.split('://')[0]} store).")
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -75,8 +76,18 @@ def test_pipeline_registers_then_worse_candidate_fails_gate(prefect_harness, tin
     # the training prompts' profile is stored as the version's drift reference for batch jobs
     assert version.tags["slmops.profile"] == "profile.json"
     assert "profile.json" in {a.path for a in client.list_artifacts(good.train.run_id)}
-    served = {a.path for a in client.list_artifacts(good.train.run_id, "served")}
-    assert "served/genai_config.json" in served
+    # the training run names the Prefect flow run that made it and holds the trained weights once
+    run = client.get_run(good.train.run_id)
+    assert run.data.tags["prefect.flow_run_id"] and run.data.tags["prefect.flow_run_name"]
+    top = {a.path for a in client.list_artifacts(good.train.run_id)}
+    assert "model" in top and "hf" not in top
+    assert "served/MLmodel" in {a.path for a in client.list_artifacts(good.train.run_id, "served")}
+    # the version is an MLflow Model (python_function over the served folder), its metrics on the logged model
+    assert version.source.startswith("models:/m-")
+    logged = mlflow.get_logged_model(version.source.removeprefix("models:/"))
+    assert "python_function" in mlflow.models.get_model_info(version.source).flavors
+    assert {m.key: m.value for m in logged.metrics}["exact_match"] == pytest.approx(
+        good.report.metrics("onnx-int4")["exact_match"])
     # the evaluation report reached people: a Prefect table artifact and the PNG plot on the MLflow run
     from prefect.artifacts import Artifact
 

@@ -1,0 +1,139 @@
+"""Registered versions as MLflow Models: the ``python_function`` flavor over the served ONNX folder.
+
+``log_served_model`` logs a version's served folder as an MLflow Model (``MLmodel``, a chat signature and input
+example, pinned requirements, and slmops' own ``tasks`` package as code), so ``mlflow.pyfunc.load_model(
+"models:/NAME@ALIAS")`` and ``mlflow models serve`` work on every version the pipeline registers. Its
+``ServedChatModel`` decodes with the same engine (tasks/engine) and the same chat rendering as the local server,
+so a greedy answer is the server's answer.
+
+Input: one chat request (``{"messages": [...], "max_tokens": 32, ...}``) or a list of them; output: one OpenAI
+chat completion per request (``choices[0].message.content``, ``finish_reason``, ``usage``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel
+from mlflow.types.schema import Array, ColSpec, Map, Object, ParamSchema, ParamSpec, Property, Schema
+
+SERVED = "served"  # the artifact key (and the logged model's name) of the ONNX folder
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MAX_TOKENS = 128  # what the server answers a request that sends no max_tokens
+REQUIREMENTS = ("mlflow", "onnxruntime", "transformers", "tokenizers", "llguidance", "numpy", "pydantic",
+                "pydantic-settings", "jinja2", "pandas")  # what the engine imports, pinned to this process's versions
+
+MESSAGE = Object([Property("role", "string"), Property("content", "string")])
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec(Array(MESSAGE), "messages"), ColSpec("long", "max_tokens", required=False),
+                   ColSpec("double", "temperature", required=False), ColSpec("double", "top_p", required=False),
+                   ColSpec("long", "seed", required=False), ColSpec(Array("string"), "stop", required=False)]),
+    outputs=Schema([ColSpec("string", "id"), ColSpec("string", "object"), ColSpec("long", "created"),
+                    ColSpec("string", "model"),
+                    ColSpec(Array(Object([Property("index", "long"), Property("message", MESSAGE),
+                                          Property("finish_reason", "string")])), "choices"),
+                    ColSpec(Map("long"), "usage")]),
+    params=ParamSchema([ParamSpec("max_tokens", "long", DEFAULT_MAX_TOKENS)]),
+)
+INPUT_EXAMPLE = {"messages": [{"role": "user", "content": "Reverse: a b c"}], "max_tokens": 16, "temperature": 0.0}
+
+
+class ServedChatModel(PythonModel):
+    """A served ONNX folder answering chat requests through slmops' engine (int8 steps off: each answer is what
+    its request gets alone)."""
+
+    def load_context(self, context: Any) -> None:
+        from tasks.engine.engine import Engine
+        from tasks.engine.settings import EngineConfig
+
+        self.engine = Engine(context.artifacts[SERVED], EngineConfig(int8_steps="off"))
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as the schema
+        """One chat completion per request of ``model_input`` (a dict, a list of dicts or a DataFrame of them)."""
+        from tasks.engine.protocol import Failed
+
+        rows = requests_of(model_input)
+        default = int((params or {}).get("max_tokens") or DEFAULT_MAX_TOKENS)
+        ends = dict(self.engine.run([self._request(row, default) for row in rows]))
+        failed = [f"request {i + 1}: {e.message}" for i, e in sorted(ends.items()) if isinstance(e, Failed)]
+        if failed:
+            raise mlflow.exceptions.MlflowException("; ".join(failed))
+        return [completion(ends[i], self.engine.folder.path.name) for i in range(len(rows))]
+
+    def _request(self, row: dict[str, Any], default_max_tokens: int) -> Any:
+        from tasks.data.chat import render_ids
+        from tasks.engine.protocol import GenerationRequest, Sampling
+
+        messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in row["messages"]]
+        ids = render_ids(self.engine.tokenizer, messages, True)
+        room = self.engine.context_length - len(ids)
+        if room < 1:
+            raise mlflow.exceptions.MlflowException(f"the prompt has {len(ids)} tokens and leaves no room in the "
+                                                    f"context window of {self.engine.context_length} tokens")
+        max_tokens = min(int(_given(row, "max_tokens") or default_max_tokens), room)
+        seed = _given(row, "seed")
+        sampling = Sampling(float(_given(row, "temperature") or 0.0), float(_given(row, "top_p") or 1.0),
+                            None if seed is None else int(seed))
+        return GenerationRequest(ids, max_tokens, sampling, [str(s) for s in (_given(row, "stop") or [])])
+
+
+def _given(row: dict[str, Any], key: str) -> Any:
+    """``row[key]``, None where absent or missing (a DataFrame row holds NaN for a column another row set)."""
+    value = row.get(key)
+    try:
+        return None if value is None or value != value else value  # NaN is not equal to itself
+    except ValueError:  # an array-like (stop)
+        return value
+
+
+def requests_of(model_input: Any) -> list[dict[str, Any]]:
+    """The chat requests in a pyfunc input: one dict, a list of dicts, or a DataFrame with a ``messages`` column."""
+    if hasattr(model_input, "to_dict"):  # pandas
+        model_input = model_input.to_dict(orient="records")
+    rows = [model_input] if isinstance(model_input, dict) else list(model_input)
+    for i, row in enumerate(rows):
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if hasattr(messages, "tolist"):  # a numpy array, from a DataFrame
+            messages = row["messages"] = messages.tolist()
+        if not isinstance(messages, list | tuple) or not messages:
+            raise mlflow.exceptions.MlflowException(
+                f"request {i + 1}: expected {{'messages': [{{'role': ..., 'content': ...}}, ...]}}")
+    return rows
+
+
+def completion(done: Any, model: str) -> dict[str, Any]:
+    """An OpenAI chat completion of one finished request."""
+    return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
+                         "finish_reason": done.finish_reason}],
+            "usage": {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+                      "total_tokens": done.prompt_tokens + done.completion_tokens}}
+
+
+def pinned_requirements() -> list[str]:
+    """``REQUIREMENTS`` at this process's versions."""
+    return [f"{name}=={importlib.metadata.version(name)}" for name in REQUIREMENTS]
+
+
+def log_served_model(run_id: str, served: str | Path) -> Any:
+    """Log the ONNX folder ``served`` on run ``run_id`` as an MLflow Model (``python_function``); its ModelInfo
+    (``model_uri``, ``model_id``)."""
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        return _log(served)
+    with mlflow.start_run(run_id=run_id, nested=active is not None):
+        return _log(served)
+
+
+def _log(served: str | Path) -> Any:
+    return mlflow.pyfunc.log_model(name=SERVED, python_model=ServedChatModel(), artifacts={SERVED: str(served)},
+                                   code_paths=[str(ROOT / "tasks"), str(ROOT / "registry")],
+                                   pip_requirements=pinned_requirements(), signature=SIGNATURE,
+                                   input_example=INPUT_EXAMPLE)

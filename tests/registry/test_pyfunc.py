@@ -1,0 +1,94 @@
+"""Registered versions are MLflow Models (registry/pyfunc.py): ``mlflow.pyfunc.load_model("models:/NAME@ALIAS")``
+answers what the local server answers for the same messages, ``mlflow models serve`` answers ``/invocations``, and
+a version registered the old way (a bare served folder on its run) still resolves. On the trained tiny teacher's
+int4 build, in the test session's sqlite MLflow store; servers are real processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from infra import process
+from registry.pyfunc import log_served_model
+from registry.releases import resolve_release
+from registry.tracking import setup_tracking, tracking_uri
+from tasks.settings import get_settings
+from tests.infra.serving.conftest import NAME, start_server
+
+MESSAGES = [{"role": "user", "content": "Reverse: a b c"}]
+
+
+@pytest.fixture(scope="module")
+def registered(tiny_onnx: Path) -> str:
+    """``pyfunc-slm`` version 1 (alias champion): the tiny int4 build logged as an MLflow Model."""
+    setup_tracking(get_settings().root)
+    client = MlflowClient()
+    client.create_registered_model("pyfunc-slm")
+    with mlflow.start_run() as run:
+        model = log_served_model(run.info.run_id, tiny_onnx)
+    mv = client.create_model_version("pyfunc-slm", model.model_uri, run_id=run.info.run_id, model_id=model.model_id)
+    client.set_registered_model_alias("pyfunc-slm", "champion", mv.version)
+    return "pyfunc-slm"
+
+
+@pytest.fixture(scope="module")
+def server_answer(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    url, pid = start_server(tiny_onnx, tmp_path_factory.mktemp("pyfunc-srv") / "server.log")
+    try:
+        reply = httpx.post(f"{url}/v1/chat/completions", json={"model": NAME, "messages": MESSAGES,
+                                                               "max_tokens": 12, "temperature": 0}, timeout=60)
+        return reply.json()["choices"][0]["message"]["content"]
+    finally:
+        process.stop(pid)
+
+
+def test_pyfunc_loads_the_alias_and_answers_what_the_server_answers(registered: str, server_answer: str) -> None:
+    model = mlflow.pyfunc.load_model(f"models:/{registered}@champion")
+    assert model.metadata.get_input_schema().input_names()[0] == "messages"
+    [reply] = model.predict({"messages": MESSAGES, "max_tokens": 12})
+    assert reply["choices"][0]["message"] == {"role": "assistant", "content": server_answer}
+    assert reply["choices"][0]["finish_reason"] in {"stop", "length"} and reply["usage"]["completion_tokens"] >= 1
+    # several requests at once (a DataFrame of them, as mlflow serve passes) answer each on its own
+    import pandas as pd
+
+    many = model.predict(pd.DataFrame([{"messages": MESSAGES, "max_tokens": 12},
+                                       {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}]))
+    assert many[0]["choices"][0]["message"]["content"] == server_answer
+    assert many[1]["usage"]["completion_tokens"] <= 3
+    with pytest.raises(mlflow.exceptions.MlflowException, match="messages"):
+        model.predict({"messages": []})
+
+
+def test_mlflow_models_serve_answers_invocations(registered: str, server_answer: str, tmp_path: Path) -> None:
+    port = process.free_port()
+    pid = process.start(["-m", "mlflow", "models", "serve", "-m", f"models:/{registered}@champion",
+                         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], tmp_path / "serve.log",
+                        {"MLFLOW_TRACKING_URI": tracking_uri(get_settings().root),  # uvicorn: beside python
+                         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+    try:
+        process.wait_healthy(f"http://127.0.0.1:{port}/ping", pid, tmp_path / "serve.log", 180)
+        reply = httpx.post(f"http://127.0.0.1:{port}/invocations",
+                           json={"dataframe_records": [{"messages": MESSAGES, "max_tokens": 12}]}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        [prediction] = reply.json()["predictions"]
+        assert prediction["choices"][0]["message"]["content"] == server_answer
+    finally:
+        process.stop(pid)
+
+
+def test_a_version_registered_as_a_bare_folder_still_resolves(tiny_onnx: Path, tmp_path: Path) -> None:
+    root = get_settings().root
+    setup_tracking(root)
+    client = MlflowClient()
+    client.create_registered_model("legacy-slm")
+    with mlflow.start_run() as run:
+        client.log_artifacts(run.info.run_id, str(tiny_onnx), "served")
+    client.create_model_version("legacy-slm", f"runs:/{run.info.run_id}/served", run_id=run.info.run_id)
+    release = resolve_release(root, "legacy-slm/1")
+    assert sorted(p.name for p in Path(release.onnx_dir).iterdir()) == sorted(p.name for p in tiny_onnx.iterdir())
