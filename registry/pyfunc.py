@@ -23,6 +23,10 @@ from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import Array, ColSpec, Map, Object, ParamSchema, ParamSpec, Property, Schema
 
+from tasks.data.chat import render_ids
+from tasks.engine.protocol import Failed, GenerationRequest, Sampling
+from tasks.engine.settings import EngineConfig
+
 SERVED = "served"  # the artifact key (and the logged model's name) of the ONNX folder
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MAX_TOKENS = 128  # what the server answers a request that sends no max_tokens
@@ -49,15 +53,12 @@ class ServedChatModel(PythonModel):
     its request gets alone)."""
 
     def load_context(self, context: Any) -> None:
-        from tasks.engine.engine import Engine
-        from tasks.engine.settings import EngineConfig
+        from tasks.engine.engine import Engine  # here, not at the top: the engine's libraries load with the model only
 
         self.engine = Engine(context.artifacts[SERVED], EngineConfig(int8_steps="off"))
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as the schema
         """One chat completion per request of ``model_input`` (a dict, a list of dicts or a DataFrame of them)."""
-        from tasks.engine.protocol import Failed
-
         rows = requests_of(model_input)
         default = int((params or {}).get("max_tokens") or DEFAULT_MAX_TOKENS)
         ends = dict(self.engine.run([self._request(row, default) for row in rows]))
@@ -67,9 +68,6 @@ class ServedChatModel(PythonModel):
         return [completion(ends[i], self.engine.folder.path.name) for i in range(len(rows))]
 
     def _request(self, row: dict[str, Any], default_max_tokens: int) -> Any:
-        from tasks.data.chat import render_ids
-        from tasks.engine.protocol import GenerationRequest, Sampling
-
         messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in row["messages"]]
         ids = render_ids(self.engine.tokenizer, messages, True)
         room = self.engine.context_length - len(ids)
