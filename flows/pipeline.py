@@ -74,7 +74,7 @@ def pipeline_steps(config: PipelineConfig, root: Path) -> PipelineSummary:
                    config.data.max_length, champion.artifact if champion else None)
     png = publish_report_task(report, root / "reports" / trained.run_id / "evaluation.png")
     decision = decide_task(report, config.gate, config.quantize.served)
-    record_decision_task(trained.run_id, report, decision, png)
+    record_decision_task(trained.run_id, report, decision, png, config.quantize.served)
     registered = None
     if decision.passed:
         profile = profile_training_prompts_task(trained.model.path, trained.data.train)

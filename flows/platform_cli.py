@@ -54,6 +54,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.database and args.database != current.database_url:
             raise ConfigError(f"the platform on record uses {current.database}; `slmops down` before changing "
                               "--database")
+        if args.artifacts_destination and args.artifacts_destination != current.artifacts_destination:
+            kept = current.artifacts_destination or "mlartifacts/"
+            raise ConfigError(f"the platform on record keeps artifacts in {kept}; `slmops down` before changing "
+                              "--artifacts-destination")
         print("the platform on record is not whole (" + ", ".join(f"{k}: {v}" for k, v in health.items())
               + "); starting what is missing")
         keep = {name: s for name, s in current.services.items() if health.get(name) == "up"}
@@ -65,6 +69,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     repo = repo_path(args.repo or (current.repo if current else None))
     state = start_platform(UpOptions(home=home, repo=repo, bindings=bindings,
                                      database=args.database or (current.database_url if current else None),
+                                     artifacts_destination=args.artifacts_destination
+                                     or (current.artifacts_destination if current else None),
                                      prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
                                      receiver_port=args.receiver_port), keep)
     save_state(state)
@@ -149,6 +155,10 @@ def add_parsers(sub: argparse._SubParsersAction, port_type) -> None:
     up.add_argument("--database", metavar="URL", help="postgresql://user@host:port/NAME puts Prefect and MLflow on "
                     "PostgreSQL (databases NAME_prefect and NAME_mlflow, made if absent); default: sqlite files "
                     "under SLMOPS_HOME.")
+    up.add_argument("--artifacts-destination", metavar="URI", help="Where the MLflow server keeps models and other "
+                    "artifacts, e.g. s3://bucket/slmops (AWS credentials from the usual environment variables or "
+                    "profile; MLFLOW_S3_ENDPOINT_URL for an S3-compatible store). Clients upload and download "
+                    "through the server. Default: mlartifacts/ under SLMOPS_HOME.")
     up.add_argument("--bindings", metavar="FILE", help="Which targets follow which alias (default: "
                     "SLMOPS_BINDINGS or configs/bindings.yaml).")
     up.add_argument("--repo", metavar="DIR", help="Checkout with prefect.yaml (default: here, else the source).")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from registry.batch import PROFILE_TAG, store_profile
 from registry.card import model_card
 from registry.errors import RegistryError
+from registry.evaluation import log_evaluation
 from registry.history import aliases, move_alias, require_model
 from registry.pyfunc import log_served_model
 from registry.resolve import download_served
@@ -67,8 +68,10 @@ def fetch_champion(root: Path, name: str, alias: str = "champion") -> ChampionRe
     return ChampionRef(version=str(version.version), artifact=onnx_artifact("champion", served))
 
 
-def record_decision(run_id: str, report: EvalReport, decision: GateDecision, png: Path) -> None:
-    """Log metrics of every artifact, the gate decision and the report plot on the pipeline's run."""
+def record_decision(run_id: str, report: EvalReport, decision: GateDecision, png: Path,
+                    served: str | None = None) -> None:
+    """Log metrics of every artifact, the gate decision and the report plot on the pipeline's run, and the
+    ``served`` artifact's answers as an MLflow evaluation (registry/evaluation.py)."""
     client = MlflowClient()
     for s in report.scores:
         for k, v in s.metrics.items():
@@ -77,6 +80,8 @@ def record_decision(run_id: str, report: EvalReport, decision: GateDecision, png
     client.log_text(run_id, "\n".join(decision.reasons), "gate_decision.txt")
     client.log_dict(run_id, decision.model_dump(), "gate_decision.json")
     client.log_artifact(run_id, str(png), "evaluation")
+    if served is not None:
+        log_evaluation(run_id, next(s for s in report.scores if s.name == served))
 
 
 def find_identical(client: MlflowClient, name: str, served_digest: str) -> str | None:

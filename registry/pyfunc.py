@@ -23,6 +23,7 @@ from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import Array, ColSpec, Map, Object, ParamSchema, ParamSpec, Property, Schema
 
+from registry.tracking import on_run
 from tasks.data.chat import render_ids
 from tasks.engine.protocol import Failed, GenerationRequest, Sampling
 from tasks.engine.settings import EngineConfig
@@ -123,15 +124,8 @@ def pinned_requirements() -> list[str]:
 def log_served_model(run_id: str, served: str | Path) -> Any:
     """Log the ONNX folder ``served`` on run ``run_id`` as an MLflow Model (``python_function``); its ModelInfo
     (``model_uri``, ``model_id``)."""
-    active = mlflow.active_run()
-    if active is not None and active.info.run_id == run_id:
-        return _log(served)
-    with mlflow.start_run(run_id=run_id, nested=active is not None):
-        return _log(served)
-
-
-def _log(served: str | Path) -> Any:
-    return mlflow.pyfunc.log_model(name=SERVED, python_model=ServedChatModel(), artifacts={SERVED: str(served)},
-                                   code_paths=[str(ROOT / "tasks"), str(ROOT / "registry")],
-                                   pip_requirements=pinned_requirements(), signature=SIGNATURE,
-                                   input_example=INPUT_EXAMPLE)
+    with on_run(run_id):
+        return mlflow.pyfunc.log_model(name=SERVED, python_model=ServedChatModel(), artifacts={SERVED: str(served)},
+                                       code_paths=[str(ROOT / "tasks"), str(ROOT / "registry")],
+                                       pip_requirements=pinned_requirements(), signature=SIGNATURE,
+                                       input_example=INPUT_EXAMPLE)

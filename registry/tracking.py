@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,6 +13,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 EXPERIMENT = "slmops"
+REMOTE = ("http://", "https://", "databricks", "arn:")  # tracking servers that choose their own artifact store
 _ours: set[str] = set()  # URIs we set: mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI
 
 
@@ -25,19 +27,36 @@ def tracking_uri(root: Path) -> str:
     return embedded
 
 
+def is_remote(uri: str) -> bool:
+    """True for a tracking server (http, https, ``databricks``, a SageMaker MLflow ARN), which decides where
+    artifacts go; False for a database or folder this process writes itself (sqlite, postgresql, ``file:``)."""
+    return uri.startswith(REMOTE)
+
+
 def setup_tracking(root: Path, experiment: str = EXPERIMENT) -> str:
-    """Point MLflow at the store and make sure the experiment exists with an absolute artifact location."""
+    """Point MLflow at the store and make sure the experiment exists; only a store this process writes itself
+    gets an artifact location, an absolute folder under ``root`` (a tracking server keeps its own, such as
+    ``mlflow server --artifacts-destination s3://…``)."""
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        location = None if uri.startswith("http") else (Path(root).resolve() / "mlartifacts").as_uri()
+        location = None if is_remote(uri) else (Path(root).resolve() / "mlartifacts").as_uri()
         exp_id = client.create_experiment(experiment, artifact_location=location)
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def on_run(run_id: str) -> contextlib.AbstractContextManager:
+    """A context in which fluent MLflow calls log to run ``run_id``: that run when it is the active one already,
+    else it resumed (nested under the active run, if any)."""
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        return contextlib.nullcontext(active)
+    return mlflow.start_run(run_id=run_id, nested=active is not None)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -37,6 +37,10 @@ class UpOptions(BaseModel):
     repo: Path = Field(description="Checkout holding prefect.yaml and the flows the worker runs.")
     bindings: Path
     database: str | None = Field(None, description="postgresql://… for PostgreSQL; None for sqlite files.")
+    artifacts_destination: str | None = Field(
+        None, description="Where the MLflow server keeps artifacts (s3://bucket/prefix, or any URI `mlflow server "
+        "--artifacts-destination` takes), served to clients through the server itself so no worker needs the "
+        "store's credentials or a shared disk; None: mlartifacts/ under SLMOPS_HOME.")
     prefect_port: int | None = None
     mlflow_port: int | None = None
     receiver_port: int | None = None
@@ -93,9 +97,8 @@ def service_specs(opts: UpOptions, db: Databases, ports: dict[str, int]) -> dict
                             "PREFECT_UI_API_URL": f"{prefect_url}/api", "PREFECT_UI_URL": prefect_url}),
             url=prefect_url, health=f"{prefect_url}/api/health"),
         "mlflow": ServiceSpec(
-            args=["-m", "mlflow", "server", "--backend-store-uri", db.mlflow, "--default-artifact-root",
-                  (home / "mlartifacts").resolve().as_uri(), "--host", "127.0.0.1", "--port", str(ports["mlflow"]),
-                  "--workers", "1"],
+            args=["-m", "mlflow", "server", "--backend-store-uri", db.mlflow, *mlflow_artifact_args(opts),
+                  "--host", "127.0.0.1", "--port", str(ports["mlflow"]), "--workers", "1"],
             env=_clean_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
                             "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
                             "MLFLOW_WEBHOOK_CACHE_TTL": "5",
@@ -113,6 +116,14 @@ def service_specs(opts: UpOptions, db: Databases, ports: dict[str, int]) -> dict
             env=_clean_env({**flows_env, "PREFECT_WORKER_QUERY_SECONDS": "1",
                             "PREFECT_WORKER_PREFETCH_SECONDS": "5"})),
     }
+
+
+def mlflow_artifact_args(opts: UpOptions) -> list[str]:
+    """``mlflow server``'s artifact options: proxied to ``--artifacts-destination`` when one is given (clients
+    then log to ``mlflow-artifacts:/`` through the server), else a folder under SLMOPS_HOME written directly."""
+    if opts.artifacts_destination:
+        return ["--serve-artifacts", "--artifacts-destination", opts.artifacts_destination]
+    return ["--default-artifact-root", (opts.home / "mlartifacts").resolve().as_uri()]
 
 
 def start_platform(opts: UpOptions, keep: dict[str, Service] | None = None) -> PlatformState:
@@ -151,6 +162,7 @@ def start_platform(opts: UpOptions, keep: dict[str, Service] | None = None) -> P
             process.stop_group(service.process)
         raise
     return PlatformState(home=str(home), database=db.shown, database_url=opts.database,
+                         artifacts_destination=opts.artifacts_destination,
                          prefect_api_url=f"{specs['prefect'].url}/api", mlflow_uri=specs["mlflow"].url,
                          receiver_url=f"{specs['receiver'].url}{RECEIVER_PATH}", bindings=str(opts.bindings),
                          repo=str(opts.repo), started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

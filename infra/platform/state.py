@@ -32,6 +32,8 @@ class PlatformState(BaseModel):
     home: str
     database: str = Field(description="'sqlite' or the PostgreSQL server URL (without password), for display.")
     database_url: str | None = Field(None, description="The --database URL (None: sqlite), to restart alike.")
+    artifacts_destination: str | None = Field(None, description="The --artifacts-destination of the MLflow "
+                                              "server (None: mlartifacts/ under home).")
     prefect_api_url: str
     mlflow_uri: str
     receiver_url: str

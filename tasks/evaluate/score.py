@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tasks.config import EvalConfig
 from tasks.data.chat import prompt_ids, render_ids
@@ -26,13 +26,22 @@ PARENT = "fp32-parent"
 CHAMPION = "champion"
 
 
+class EvalRow(BaseModel):
+    """One test row as a model answered it."""
+
+    messages: list[dict[str, str]] = Field(description="The conversation up to the answer the model was asked for.")
+    expected: str = Field(description="The reference answer.")
+    answer: str = Field(description="The model's greedy answer.")
+
+
 class ArtifactScore(BaseModel):
-    """Metrics of one scored model."""
+    """Metrics of one scored model, and its answer to every test row."""
 
     name: str
     kind: str
     path: str
     metrics: dict[str, float]
+    rows: list[EvalRow] = Field(default_factory=list)
 
 
 class EvalReport(BaseModel):
@@ -108,7 +117,9 @@ def score(name: str, kind: str, path: str, tokenizer_path: str, data: PreparedDa
     conversations = read_prepared(data.test)[: cfg.limit]
     test = encode_split(tokenizer, data.test, max_length, data.sources.get("test"))[: cfg.limit]
     answers = greedy_answers(name, kind, path, runner, tokenizer, conversations, cfg)
-    hits = sum(is_exact_match(a, conv[-1]["content"]) for a, conv in zip(answers, conversations, strict=True))
+    rows = [EvalRow(messages=conv[:-1], expected=conv[-1]["content"], answer=a)
+            for a, conv in zip(answers, conversations, strict=True)]
+    hits = sum(is_exact_match(row.answer, row.expected) for row in rows)
     timings = [runner.generate(prompt_ids(tokenizer, conversations[i % len(conversations)]), cfg.latency_new_tokens,
                                cfg.latency_new_tokens) for i in range(cfg.latency_requests)]
     decode = [(len(t.tokens) - 1) / max(t.total_s - t.ttft_s, 1e-9) for t in timings]
@@ -124,7 +135,7 @@ def score(name: str, kind: str, path: str, tokenizer_path: str, data: PreparedDa
         "latency_p95_ms": 1000 * totals[min(len(totals) - 1, math.ceil(0.95 * len(totals)) - 1)],
         "size_mb": disk_size(Path(path)) / 2**20,
     }
-    return ArtifactScore(name=name, kind=kind, path=path, metrics=metrics)
+    return ArtifactScore(name=name, kind=kind, path=path, metrics=metrics, rows=rows)
 
 
 def evaluate(parent: ModelDir, artifacts: list[Artifact], data: PreparedData, cfg: EvalConfig, max_length: int,

@@ -1,0 +1,53 @@
+"""The gate's evaluation of the served artifact in MLflow's evaluation views, through ``mlflow.genai.evaluate``.
+
+Each test row becomes an evaluation trace on the pipeline's run (input messages, the served artifact's greedy
+answer, the reference as its expectation) scored by the code scorer ``exact_match``, the same comparison the
+gate counts; the run gets ``exact_match/mean``. Perplexity and the gate decision stay where ``record_decision``
+logs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+
+import mlflow
+from mlflow.genai.scorers import scorer
+
+from registry.tracking import on_run
+from tasks.evaluate.metrics import is_exact_match
+from tasks.evaluate.score import ArtifactScore
+
+log = logging.getLogger(__name__)
+EXPECTED = "expected_response"  # MLflow's conventional expectation key for a reference answer
+
+
+@scorer
+def exact_match(outputs: str, expectations: dict) -> bool:
+    """The answer equals the reference once surrounding whitespace is trimmed (the gate's exact match)."""
+    return is_exact_match(outputs, expectations[EXPECTED])
+
+
+def evaluation_rows(score: ArtifactScore) -> list[dict]:
+    """``score``'s answered test rows in ``mlflow.genai.evaluate``'s form (inputs, outputs, expectations)."""
+    return [{"inputs": {"messages": row.messages}, "outputs": row.answer, "expectations": {EXPECTED: row.expected}}
+            for row in score.rows]
+
+
+def log_evaluation(run_id: str, score: ArtifactScore) -> dict[str, float]:
+    """Log ``score``'s rows as an evaluation on run ``run_id``; the metrics MLflow computed (``exact_match/mean``).
+
+    Rows are written one at a time (``MLFLOW_GENAI_EVAL_MAX_WORKERS`` 1 unless set): concurrent writers on a
+    sqlite store lose traces and take minutes over lock retries. MLflow's own progress bar and banner are kept off
+    the terminal.
+    """
+    rows = evaluation_rows(score)
+    if not rows:
+        return {}
+    os.environ.setdefault("MLFLOW_GENAI_EVAL_MAX_WORKERS", "1")
+    with on_run(run_id), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        result = mlflow.genai.evaluate(data=rows, scorers=[exact_match])
+    log.info("evaluation of %s: %d rows logged to MLflow run %s", score.name, len(rows), run_id)
+    return {k: float(v) for k, v in result.metrics.items()}
