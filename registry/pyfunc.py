@@ -4,15 +4,18 @@
 example, pinned requirements, and slmops' own ``tasks`` package as code), so ``mlflow.pyfunc.load_model(
 "models:/NAME@ALIAS")`` and ``mlflow models serve`` work on every version the pipeline registers. Its
 ``ServedChatModel`` decodes with the same engine (tasks/engine) and the same chat rendering as the local server,
-so a greedy answer is the server's answer.
+so a greedy answer is the server's answer. ``log_adapter_model`` logs a LoRA adapter alone, over the base
+model it names; loading it downloads that base, so a multi-LoRA registry stores the base weights once.
 
-Input: one chat request (``{"messages": [...], "max_tokens": 32, ...}``) or a list of them; output: one OpenAI
-chat completion per request (``choices[0].message.content``, ``finish_reason``, ``usage``).
+Input: one chat request (``{"messages": [...], "max_tokens": 32, ...}``) or a list of them; ``model`` may name
+another LoRA adapter of a multi-LoRA base. Output: one OpenAI chat completion per request
+(``choices[0].message.content``, ``finish_reason``, ``usage``).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -27,8 +30,10 @@ from registry.tracking import on_run
 from tasks.data.chat import render_ids
 from tasks.engine.protocol import Failed, GenerationRequest, Sampling
 from tasks.engine.settings import EngineConfig
+from tasks.served_folder import served_folders_in, with_adapter
 
 SERVED = "served"  # the artifact key (and the logged model's name) of the ONNX folder
+ADAPTER = "adapter"  # the artifact key of an adapter-only version's .onnx_adapter file
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MAX_TOKENS = 128  # what the server answers a request that sends no max_tokens
 REQUIREMENTS = ("mlflow", "onnxruntime", "transformers", "tokenizers", "llguidance", "numpy", "pydantic",
@@ -38,7 +43,8 @@ MESSAGE = Object([Property("role", "string"), Property("content", "string")])
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(Array(MESSAGE), "messages"), ColSpec("long", "max_tokens", required=False),
                    ColSpec("double", "temperature", required=False), ColSpec("double", "top_p", required=False),
-                   ColSpec("long", "seed", required=False), ColSpec(Array("string"), "stop", required=False)]),
+                   ColSpec("long", "seed", required=False), ColSpec(Array("string"), "stop", required=False),
+                   ColSpec("string", "model", required=False)]),
     outputs=Schema([ColSpec("string", "id"), ColSpec("string", "object"), ColSpec("long", "created"),
                     ColSpec("string", "model"),
                     ColSpec(Array(Object([Property("index", "long"), Property("message", MESSAGE),
@@ -56,7 +62,10 @@ class ServedChatModel(PythonModel):
     def load_context(self, context: Any) -> None:
         from tasks.engine.engine import Engine  # here, not at the top: the engine's libraries load with the model only
 
-        self.engine = Engine(context.artifacts[SERVED], EngineConfig(int8_steps="off"))
+        config = context.model_config or {}
+        self.adapter: str | None = config.get("adapter")
+        folder = context.artifacts.get(SERVED) or _over_base(context.artifacts[ADAPTER], config["base"], self.adapter)
+        self.engine = Engine(folder, EngineConfig(int8_steps="off"))
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as the schema
         """One chat completion per request of ``model_input`` (a dict, a list of dicts or a DataFrame of them)."""
@@ -79,7 +88,18 @@ class ServedChatModel(PythonModel):
         seed = _given(row, "seed")
         sampling = Sampling(float(_given(row, "temperature") or 0.0), float(_given(row, "top_p") or 1.0),
                             None if seed is None else int(seed))
-        return GenerationRequest(ids, max_tokens, sampling, [str(s) for s in (_given(row, "stop") or [])])
+        return GenerationRequest(ids, max_tokens, sampling, [str(s) for s in (_given(row, "stop") or [])],
+                                 adapter=self._adapter(_given(row, "model")))
+
+    def _adapter(self, asked: str | None) -> str | None:
+        """The LoRA adapter a request's ``model`` names (none: this version's own adapter, if it is one)."""
+        adapters = self.engine.adapters
+        if asked is None or asked == self.adapter:
+            return self.adapter
+        if asked not in adapters:
+            raise mlflow.exceptions.MlflowException(
+                f"unknown model {asked!r}; this model serves the LoRA adapters {adapters or 'none'}")
+        return asked
 
 
 def _given(row: dict[str, Any], key: str) -> Any:
@@ -116,6 +136,14 @@ def completion(done: Any, model: str) -> dict[str, Any]:
                       "total_tokens": done.prompt_tokens + done.completion_tokens}}
 
 
+def _over_base(adapter_file: str, base_uri: str, name: str) -> str:
+    """A folder with the base model ``base_uri``'s served folder and ``adapter_file`` filed as adapter ``name``."""
+    found = served_folders_in(mlflow.artifacts.download_artifacts(artifact_uri=base_uri))
+    if len(found) != 1:
+        raise mlflow.exceptions.MlflowException(f"the base model {base_uri} holds {len(found)} served folders")
+    return str(with_adapter(found[0], adapter_file, name, Path(tempfile.mkdtemp(prefix="slmops-lora-")) / SERVED))
+
+
 def pinned_requirements() -> list[str]:
     """``REQUIREMENTS`` at this process's versions."""
     return [f"{name}=={importlib.metadata.version(name)}" for name in REQUIREMENTS]
@@ -124,8 +152,19 @@ def pinned_requirements() -> list[str]:
 def log_served_model(run_id: str, served: str | Path) -> Any:
     """Log the ONNX folder ``served`` on run ``run_id`` as an MLflow Model (``python_function``); its ModelInfo
     (``model_uri``, ``model_id``)."""
+    return _log(run_id, SERVED, {SERVED: str(served)})
+
+
+def log_adapter_model(run_id: str, name: str, adapter_file: str | Path, base_uri: str) -> Any:
+    """Log LoRA adapter ``name`` alone (its ``.onnx_adapter`` file) as an MLflow Model over the base model
+    ``base_uri`` (``models:/m-…``), which loading it downloads: the base's weights are stored once."""
+    return _log(run_id, f"adapter-{name}", {ADAPTER: str(adapter_file)}, {"adapter": name, "base": base_uri})
+
+
+def _log(run_id: str, name: str, artifacts: dict[str, str], model_config: dict[str, str] | None = None) -> Any:
     with on_run(run_id):
-        return mlflow.pyfunc.log_model(name=SERVED, python_model=ServedChatModel(), artifacts={SERVED: str(served)},
+        return mlflow.pyfunc.log_model(name=name, python_model=ServedChatModel(), artifacts=artifacts,
+                                       model_config=model_config,
                                        code_paths=[str(ROOT / "tasks"), str(ROOT / "registry")],
                                        pip_requirements=pinned_requirements(), signature=SIGNATURE,
                                        input_example=INPUT_EXAMPLE)

@@ -32,8 +32,10 @@ def resolve_release(root: Path, ref: str) -> ModelRelease:
     mv = client.get_model_version(name, version)
     dest = version_cache(root, name, version)
     if mv.tags.get(KIND_TAG) == ADAPTER_KIND:
-        served = assemble_adapter_release(root, client, name, version, mv.run_id, mv.tags[BASE_TAG], dest)
-        return ModelRelease(name=name, version=str(version), onnx_dir=str(served))
+        served = assemble_adapter_release(root, client, name, version, mv.run_id, mv.tags[BASE_TAG], dest,
+                                          mv.source)
+        return ModelRelease(name=name, version=str(version), onnx_dir=str(served),
+                            model_id=getattr(mv, "model_id", None) or "")
     served = download_served(root, name, version, mv.run_id, mv.source)
     try:
         gguf = {}
@@ -44,7 +46,8 @@ def resolve_release(root: Path, ref: str) -> ModelRelease:
             gguf[Path(item.path).stem.removeprefix("model-")] = str(local)
     except MlflowException as exc:
         raise RegistryError(f"cannot download the artifacts of {name}/{version}: {exc}") from None
-    return ModelRelease(name=name, version=str(version), onnx_dir=str(served), gguf=gguf)
+    return ModelRelease(name=name, version=str(version), onnx_dir=str(served), gguf=gguf,
+                        model_id=getattr(mv, "model_id", None) or "")
 
 
 resolve_release_task = task(resolve_release, name="resolve-model", retries=2, retry_delay_seconds=2)

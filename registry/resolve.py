@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from registry.errors import RegistryError
 from registry.history import aliases, require_model, versions
-from tasks.served_folder import is_served_folder
+from tasks.served_folder import is_served_folder, served_folders_in
 
 REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
 
@@ -63,7 +63,7 @@ def download_served(root: Path, name: str, version: str, run_id: str, source: st
     try:
         if source and not source.startswith("runs:/"):
             mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging / "model"))
-            found = sorted(p.parent for p in (staging / "model").rglob("genai_config.json"))
+            found = served_folders_in(staging / "model")
             if len(found) != 1:
                 raise RegistryError(f"{name}/{version}: its model {source} holds {len(found)} served folders, not one")
             folder = found[0]

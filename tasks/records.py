@@ -92,6 +92,7 @@ class ModelRelease(BaseModel):
     version: str
     onnx_dir: str = Field(description="onnxruntime-genai folder (the served artifact).")
     gguf: dict[str, str] = Field(default_factory=dict, description="GGUF type → file, where built.")
+    model_id: str = Field("", description="The MLflow logged model (m-…) the version is, where it is one.")
 
     @property
     def ref(self) -> str:

@@ -10,6 +10,8 @@ of the stages, so the serving runtime does not pull in quantization or training.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,32 @@ def adapter_files(path: str | Path) -> dict[str, Path]:
     """The LoRA adapters a multi-LoRA folder holds, by name (empty for a plain build)."""
     folder = Path(path) / ADAPTERS_DIR
     return {p.name[: -len(ADAPTER_SUFFIX)]: p for p in sorted(folder.glob(f"*{ADAPTER_SUFFIX}"))}
+
+
+def served_folders_in(root: str | Path) -> list[Path]:
+    """Every served folder at or below ``root`` (a downloaded MLflow Model holds one under ``artifacts/``)."""
+    return sorted(p.parent for p in Path(root).rglob(CONFIG_FILE))
+
+
+def with_adapter(base: str | Path, adapter_file: str | Path, name: str, dest: str | Path) -> Path:
+    """``dest``: the served folder ``base`` (files hard-linked where the filesystem allows) with ``adapter_file``
+    as ``adapters/<name>.onnx_adapter``; written beside ``dest`` and moved in whole, so ``dest`` is never half."""
+    dest = Path(dest)
+    staging = dest.with_name(f".{dest.name}.assembling")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(base, staging, copy_function=_link_or_copy)
+    (staging / ADAPTERS_DIR).mkdir(exist_ok=True)
+    shutil.copy2(adapter_file, staging / ADAPTERS_DIR / f"{name}{ADAPTER_SUFFIX}")
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.replace(dest)
+    return dest
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,7 @@ def serve(model_dir: str | Path = DEFAULT_MODEL_DIR, host: str = "0.0.0.0", port
 
     from infra.serving.app import create_app
     from infra.serving.settings import ServerSettings
+    from infra.serving.tracing import trace_from_env
 
     def load():
         from tasks.engine.engine import Engine
@@ -129,7 +130,8 @@ def serve(model_dir: str | Path = DEFAULT_MODEL_DIR, host: str = "0.0.0.0", port
         return Engine(model_dir, engine_from_env(os.environ))  # the target's engine settings (SLMOPS_ENGINE_*)
 
     engine = LoadingEngine(load)
-    settings = ServerSettings(name=os.environ.get(NAME_ENV) or "model", version=os.environ.get(VERSION_ENV, ""))
+    settings = ServerSettings(name=os.environ.get(NAME_ENV) or "model", version=os.environ.get(VERSION_ENV, ""),
+                              trace=trace_from_env(os.environ))  # off unless the endpoint sets SLMOPS_TRACE_SAMPLE
     app = create_app(engine, settings)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=DRAIN_S))
     inner = app.router.lifespan_context

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from infra.serving.app import create_app
 from infra.serving.capture import CaptureConfig
 from infra.serving.settings import ServerSettings
+from infra.serving.tracing import TraceConfig
 from tasks.engine.engine import Engine
 from tasks.engine.settings import EngineConfig
 
@@ -36,16 +37,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8080, help="Port (default 8080, SageMaker's).")
     parser.add_argument("--api-key-env", default="SLMOPS_API_KEY",
                         help="Environment variable holding the API key; unset or empty means no key.")
-    add_options(parser, ServerSettings, skip=("api_key", "capture"))
+    add_options(parser, ServerSettings, skip=("api_key", "capture", "trace"))
     add_options(parser, CaptureConfig, prefix="capture-")
+    add_options(parser, TraceConfig, prefix="trace-")
     add_options(parser, EngineConfig)
     args = vars(parser.parse_args(argv))
     engine = Engine(args["model_dir"], EngineConfig(**{k: args[k] for k in EngineConfig.model_fields}))
     int8 = f", int8 steps {engine.decoder.int8_note}" if engine.decoder else ""
     print(f"serving {args['model_dir']}: scheduler {engine.scheduler}{int8}", file=sys.stderr, flush=True)
     capture = CaptureConfig(**{k: args[f"capture-{k}"] for k in CaptureConfig.model_fields})
-    settings = ServerSettings(api_key=os.environ.get(args["api_key_env"]) or None, capture=capture,
-                              **{k: args[k] for k in ServerSettings.model_fields if k not in ("api_key", "capture")})
+    trace = TraceConfig(**{k: args[f"trace-{k}"] for k in TraceConfig.model_fields})
+    settings = ServerSettings(api_key=os.environ.get(args["api_key_env"]) or None, capture=capture, trace=trace,
+                              **{k: args[k] for k in ServerSettings.model_fields
+                                 if k not in ("api_key", "capture", "trace")})
     uvicorn.run(create_app(engine, settings), host=args["host"], port=args["port"], log_level="warning",
                 timeout_graceful_shutdown=30)
 

@@ -25,7 +25,7 @@ def create_app(engine: GenerationEngine, settings: ServerSettings | None = None)
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        state.capture.close()  # what was captured is written before the process exits
+        state.close()  # what was captured and traced is written before the process exits
 
     app = FastAPI(title="slmops serving runtime", version=state.settings.version or "0", docs_url=None,
                   redoc_url=None, lifespan=lifespan)

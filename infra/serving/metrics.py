@@ -28,12 +28,28 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32), registry=self.registry)
         self.queue_depth = Gauge("slmops_queue_depth", "Requests waiting for the engine", registry=self.registry)
 
+    def watch_tracer(self, counts: dict[str, int]) -> None:
+        """Export the tracer's ``counts`` (recorded, dropped, failed) as ``slmops_traces_total{outcome}``."""
+        self.registry.register(_CountsCollector("slmops_traces", "Served requests sampled as MLflow traces, by "
+                                                "outcome", "outcome", counts))
+
     def watch(self, engine: GenerationEngine) -> None:
         """Export ``engine``'s queue depth, batch sizes and counters."""
         self.queue_depth.set_function(engine.queue_depth)
         if hasattr(engine, "on_batch"):
             engine.on_batch = self.batch_size.observe
         self.registry.register(_EngineCollector(engine))
+
+
+class _CountsCollector(Collector):
+    def __init__(self, name: str, doc: str, label: str, counts: dict[str, int]):
+        self.name, self.doc, self.label, self.counts = name, doc, label, counts
+
+    def collect(self) -> Iterator:
+        family = CounterMetricFamily(self.name, self.doc, labels=[self.label])
+        for key, value in self.counts.items():
+            family.add_metric([key], value)
+        yield family
 
 
 class _EngineCollector(Collector):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, SecretStr
 
 from infra.serving.capture import CaptureConfig
+from infra.serving.tracing import TraceConfig
 
 
 class ServerSettings(BaseModel, extra="forbid"):
@@ -22,6 +23,8 @@ class ServerSettings(BaseModel, extra="forbid"):
                                    "the event loop.")
     capture: CaptureConfig = Field(default_factory=CaptureConfig, description="Data capture of request and "
                                    "response bodies (off by default).")
+    trace: TraceConfig = Field(default_factory=TraceConfig, description="Served requests as MLflow traces (off "
+                               "by default).")
 
     def served_names(self) -> list[str]:
         """Values of 'model' this server answers to."""

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 from infra.serving.capture import Capture
 from infra.serving.metrics import Metrics
 from infra.serving.settings import ServerSettings
-from tasks.engine.protocol import GenerationEngine
+from infra.serving.tracing import Tracer
+from tasks.engine.protocol import Done, GenerationEngine
 
 T = TypeVar("T")
 
@@ -25,11 +26,31 @@ class ServingState:
     metrics: Metrics = field(default_factory=Metrics)
     executor: ThreadPoolExecutor = field(init=False)
     capture: Capture = field(init=False)
+    tracer: Tracer = field(init=False)
 
     def __post_init__(self) -> None:
         self.executor = ThreadPoolExecutor(self.settings.tokenizer_threads, thread_name_prefix="slmops-tokenize")
         self.metrics.watch(self.engine)
         self.capture = Capture(self.settings.capture, self.settings.name, self.settings.version)
+        self.tracer = Tracer(self.settings.trace, self.settings.name, self.settings.version)
+        self.metrics.watch_tracer(self.tracer.counts)
+
+    def on_done(self, endpoint: str, body: Any) -> Callable[[Done], None] | None:
+        """What records a request that just arrived once it finishes (data capture, MLflow trace), if sampled."""
+        hooks = [h for h in (self.capture.hook(endpoint, body), self.tracer.hook(endpoint, body)) if h]
+        if len(hooks) < 2:
+            return hooks[0] if hooks else None
+
+        def every(done: Done) -> None:
+            for hook in hooks:
+                hook(done)
+
+        return every
+
+    def close(self) -> None:
+        """Write what was captured and traced before the process exits."""
+        self.capture.close()
+        self.tracer.close()
 
     @property
     def ready(self) -> bool:

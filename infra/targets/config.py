@@ -54,6 +54,9 @@ class LocalTargetConfig(_Common):
     capture_percent: float = Field(0.0, ge=0, le=100, description="Data capture: share of requests whose bodies "
                                    "are kept (0: off), replayable with slmops batch.")
     capture_destination: str = Field("", description="Data capture: directory or s3://bucket/prefix.")
+    trace_sample: float | None = Field(None, ge=0, le=1, description="Share of requests recorded as MLflow traces "
+                                       "(in the deploying process's MLFLOW_TRACKING_URI). Default: all of them "
+                                       "when that names a tracking server (http, https), else none.")
 
     _flat_engine_keys = model_validator(mode="before")(engine_keys_nested)
 
@@ -129,6 +132,11 @@ class SageMakerConfig(_Common):
     capture_percent: int = Field(0, ge=0, le=100, description="Data capture: share of requests captured (0: off).")
     capture_destination: str | None = Field(None, pattern=r"^s3://", description="Data capture: S3 URI (default "
                                             "s3://<bucket>/<prefix>/capture).")
+    trace_sample: float = Field(0.0, ge=0, le=1, description="Share of requests the container records as MLflow "
+                                "traces (0: off; the container then needs network access to the tracking server, "
+                                "and sagemaker-mlflow for a SageMaker MLflow ARN).")
+    trace_tracking_uri: str = Field("", description="Tracking URI the container traces to ('': the deploying "
+                                    "process's MLFLOW_TRACKING_URI).")
     autoscaling: bool = Field(True, description="Application Auto Scaling on the variant (not for serverless).")
     max_instances: int = Field(4, ge=1, description="Autoscaling maximum.")
     target_invocations: float = Field(100, gt=0, description="Real-time: invocations per instance per minute the "

@@ -22,6 +22,7 @@ from infra.process import Liveness, ProcessRef
 from infra.targets.base import DeployError, Deployment, DeploymentStatus, RecordedTarget, check_answer, now
 from infra.targets.config import DEFAULT_PORT, LocalTargetConfig
 from infra.targets.proxy_admin import ProxyAdmin
+from infra.targets.tracing import trace_argv
 from tasks.engine.settings import engine_argv
 from tasks.errors import SlmopsError
 from tasks.records import ModelRelease
@@ -115,7 +116,7 @@ class LocalTarget(RecordedTarget):
                 "--port", str(port), *engine_argv(self.cfg.engine),
                 "--api-key-env", self.cfg.api_key_env or "SLMOPS_API_KEY",
                 "--capture-percent", str(self.cfg.capture_percent), "--capture-destination",
-                self.cfg.capture_destination]
+                self.cfg.capture_destination, *trace_argv(self.cfg.trace_sample, release.model_id)]
         env = {} if self.cfg.api_key_env else {"SLMOPS_API_KEY": ""}
         backend = Backend(process=process.start(args, log_file, env), url=f"http://127.0.0.1:{port}",
                           version=release.version, log=str(log_file))

@@ -25,6 +25,7 @@ from infra.sagemaker.pricing import hourly_cost
 from infra.targets import sagemaker_endpoint as ep
 from infra.targets.base import DeployError, Deployment, DeploymentStatus, RecordedTarget, check_answer, now
 from infra.targets.config import SageMakerConfig
+from infra.targets.tracing import container_trace_env
 from tasks.engine.settings import engine_env
 from tasks.records import ModelRelease
 
@@ -104,7 +105,8 @@ class SageMakerTarget(RecordedTarget):
         old_config = serving["EndpointConfigName"] if serving else None
         try:
             model_data, digest = upload_model(c, release, cfg.bucket, cfg.prefix)
-            environment = engine_env(cfg.engine)
+            environment = engine_env(cfg.engine) | container_trace_env(cfg.trace_sample, cfg.trace_tracking_uri,
+                                                                       release.model_id)
             # the name carries what the model is: the artifact and the engine settings it serves with
             model = aws_name(endpoint, f"v{release.version}", model_digest(digest, environment))
             new_model = ensure_model(c, model, release, cfg.image_uri, model_data, cfg.role_arn, tags, environment)

@@ -63,8 +63,7 @@ def test_pipeline_registers_then_worse_candidate_fails_gate(prefect_harness, tin
     assert [(v.name, v.version) for v in good.adapter_versions] == [("tiny-gated-base", "1"), ("tiny-gated-lora", "1")]
     lora = client.get_model_version("tiny-gated-lora", "1")
     assert lora.tags["slmops.kind"] == "lora-adapter" and lora.tags["slmops.base"] == "tiny-gated-base/1"
-    assert [a.path for a in client.list_artifacts(lora.run_id, "adapter-tiny-gated-lora")] == [
-        "adapter-tiny-gated-lora/tiny-gated-lora.onnx_adapter"]
+    assert lora.source.startswith("models:/m-")  # an MLflow Model holding the adapter alone, over its base
     assert aliases(client, "tiny-gated") == {"challenger": "1", "champion": "1"}
     version = client.get_model_version("tiny-gated", "1")
     assert version.tags["slmops.dataset_digest"] == good.train.data.digest
@@ -88,6 +87,11 @@ def test_pipeline_registers_then_worse_candidate_fails_gate(prefect_harness, tin
     assert "python_function" in mlflow.models.get_model_info(version.source).flavors
     assert {m.key: m.value for m in logged.metrics}["exact_match"] == pytest.approx(
         good.report.metrics("onnx-int4")["exact_match"])
+    # the served artifact's answers are an MLflow evaluation on the run: one trace per test row, scored
+    evaluated = mlflow.search_traces(run_id=good.train.run_id, return_type="list")
+    served = next(s for s in good.report.scores if s.name == "onnx-int4")
+    assert len(evaluated) == len(served.rows) == 16
+    assert run.data.metrics["exact_match/mean"] == pytest.approx(good.report.metrics("onnx-int4")["exact_match"])
     # the evaluation report reached people: a Prefect table artifact and the PNG plot on the MLflow run
     from prefect.artifacts import Artifact
 

@@ -22,7 +22,8 @@ def serving(request: Request) -> ServingState:
 
 async def respond(state: ServingState, body: ChatRequest | CompletionRequest, request: Request) -> Response:
     """Answer a chat or completion request: server-sent events when it asks for a stream, else JSON."""
-    generation = Generation(state, await prepare(state, body), state.capture.hook(request.url.path, body))
+    on_done = state.on_done(request.url.path, body)
+    generation = Generation(state, await prepare(state, body), on_done)
     if not body.stream:
         return JSONResponse(_whole(state, body, generation, await generation.collect(request.receive)))
     name, usage_chunk = _answered_by(state, generation), body.wants_usage_chunk
@@ -35,7 +36,8 @@ async def respond(state: ServingState, body: ChatRequest | CompletionRequest, re
 
 async def answer(state: ServingState, body: ChatRequest | CompletionRequest, request: Request) -> dict:
     """The whole answer to a request as JSON (callers refuse stream: true before)."""
-    generation = Generation(state, await prepare(state, body), state.capture.hook(request.url.path, body))
+    on_done = state.on_done(request.url.path, body)
+    generation = Generation(state, await prepare(state, body), on_done)
     return _whole(state, body, generation, await generation.collect(request.receive))
 
 
