@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "drift.fail=null (repeatable).")
     models = sub.add_parser("models", help="List registered models, or one model's versions, aliases, history.")
     models.add_argument("name", nargs="?", help="Registered model name.")
+    models.add_argument("--upgrade", action="store_true", help="Make NAME's versions registered before slmops logged "
+                        "MLflow Models load with mlflow.pyfunc (in place: numbers, aliases and deployments stay).")
 
     data = sub.add_parser("data", help="Dataset utilities.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")

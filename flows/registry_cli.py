@@ -35,12 +35,26 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from registry.history import aliases, history, registered_names, versions
 
+    if args.upgrade and not args.name:
+        raise ConfigError("--upgrade needs the registered model's NAME")
     client = _registry_client()
     if not args.name:
         print("\n".join(registered_names(client)) or "no registered models")
         return 0
+    if args.upgrade:
+        from registry.upgrade import upgrade_versions
+
+        upgraded = upgrade_versions(get_settings().root, args.name)
+        print(f"{args.name}: upgraded versions {', '.join(upgraded)} (they load with mlflow.pyfunc now)" if upgraded
+              else f"{args.name}: every version is an MLflow Model already")
+        return 0
+    from registry.upgrade import UPGRADE_COMMAND, legacy_versions
+
     current = aliases(client, args.name)
     print(f"{args.name}: versions {', '.join(versions(client, args.name))}")
+    if legacy := legacy_versions(client, args.name):
+        print(f"versions {', '.join(legacy)} were registered before slmops logged MLflow Models: they deploy, but "
+              f"load with mlflow.pyfunc only after `{UPGRADE_COMMAND.format(name=args.name)}`")
     print("aliases: " + (", ".join(f"{a}={v}" for a, v in sorted(current.items())) or "none"))
     for e in history(client, args.name):
         print(f"  {e['at']} {e['action']:8} {e['alias']}: {e['previous'] or '-'} → {e['version']}  ({e['reason']})")

@@ -139,8 +139,9 @@ def completion(done: Any, model: str) -> dict[str, Any]:
 def _over_base(adapter_file: str, base_uri: str, name: str) -> str:
     """A folder with the base model ``base_uri``'s served folder and ``adapter_file`` filed as adapter ``name``."""
     found = served_folders_in(mlflow.artifacts.download_artifacts(artifact_uri=base_uri))
-    if len(found) != 1:
-        raise mlflow.exceptions.MlflowException(f"the base model {base_uri} holds {len(found)} served folders")
+    if not found:
+        raise mlflow.exceptions.MlflowException(f"the base model {base_uri} holds no served folder")
+    # the outermost one: a version upgraded in place (registry/upgrade.py) also holds its copy under artifacts/
     return str(with_adapter(found[0], adapter_file, name, Path(tempfile.mkdtemp(prefix="slmops-lora-")) / SERVED))
 
 
@@ -161,10 +162,26 @@ def log_adapter_model(run_id: str, name: str, adapter_file: str | Path, base_uri
     return _log(run_id, f"adapter-{name}", {ADAPTER: str(adapter_file)}, {"adapter": name, "base": base_uri})
 
 
+def save_served_model(path: str | Path, served: str | Path) -> Path:
+    """The MLflow Model of ``log_served_model`` written to the local folder ``path`` (for ``slmops registry
+    upgrade``, which uploads it into a version's existing source)."""
+    mlflow.pyfunc.save_model(path=str(path), **_model_kwargs({SERVED: str(served)}))
+    return Path(path)
+
+
+def save_adapter_model(path: str | Path, name: str, adapter_file: str | Path, base_uri: str) -> Path:
+    """The MLflow Model of ``log_adapter_model`` written to the local folder ``path``."""
+    mlflow.pyfunc.save_model(path=str(path), **_model_kwargs({ADAPTER: str(adapter_file)},
+                                                             {"adapter": name, "base": base_uri}))
+    return Path(path)
+
+
 def _log(run_id: str, name: str, artifacts: dict[str, str], model_config: dict[str, str] | None = None) -> Any:
     with on_run(run_id):
-        return mlflow.pyfunc.log_model(name=name, python_model=ServedChatModel(), artifacts=artifacts,
-                                       model_config=model_config,
-                                       code_paths=[str(ROOT / "tasks"), str(ROOT / "registry")],
-                                       pip_requirements=pinned_requirements(), signature=SIGNATURE,
-                                       input_example=INPUT_EXAMPLE)
+        return mlflow.pyfunc.log_model(name=name, **_model_kwargs(artifacts, model_config))
+
+
+def _model_kwargs(artifacts: dict[str, str], model_config: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"python_model": ServedChatModel(), "artifacts": artifacts, "model_config": model_config,
+            "code_paths": [str(ROOT / "tasks"), str(ROOT / "registry")], "pip_requirements": pinned_requirements(),
+            "signature": SIGNATURE, "input_example": INPUT_EXAMPLE}

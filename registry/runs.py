@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import yaml
@@ -41,9 +46,35 @@ def log_training_run(root: Path, config: PipelineConfig, data: PreparedData, res
         mlflow.log_metrics({f"exact_match/{name}": value for name, value in scores.items()})
         mlflow.log_metrics({f"seconds/{name}": value for name, value in timings.items()})
         mlflow.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config.yaml")
-        mlflow.log_artifacts(model.path, artifact_path="model")  # the trained weights, once (not again at register)
+        log_hf_model(model.path)  # the trained weights, once (not again at register)
     publish_run_link(run_id)
     return run_id
+
+
+def log_hf_model(path: str | Path) -> Any:
+    """The Hugging Face folder ``path`` as an MLflow Model named ``model`` on the active run (the ``transformers``
+    flavor, a ``text-generation`` pipeline): ``mlflow.transformers.load_model`` and ``mlflow.pyfunc`` take it."""
+    from transformers import AutoModelForCausalLM
+
+    from tasks.modeling import load_tokenizer
+
+    requirements = [f"{name}=={importlib.metadata.version(name)}" for name in ("transformers", "torch", "tokenizers")]
+    parts = {"model": AutoModelForCausalLM.from_pretrained(path), "tokenizer": load_tokenizer(path)}
+    with quiet_transformers_flavor():
+        return mlflow.transformers.log_model(parts, name="model", task="text-generation",
+                                             pip_requirements=requirements)
+
+
+@contextlib.contextmanager
+def quiet_transformers_flavor() -> Iterator[None]:
+    """MLflow's transformers flavor warns that a local folder has no Hub model card or license: true, and noise."""
+    flavor_log = logging.getLogger("mlflow.transformers")
+    level = flavor_log.level
+    flavor_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        flavor_log.setLevel(level)
 
 
 log_training_run_task = task(log_training_run, name="log-training-run", retries=2, retry_delay_seconds=2)

@@ -79,7 +79,11 @@ def test_pipeline_registers_then_worse_candidate_fails_gate(prefect_harness, tin
     run = client.get_run(good.train.run_id)
     assert run.data.tags["prefect.flow_run_id"] and run.data.tags["prefect.flow_run_name"]
     top = {a.path for a in client.list_artifacts(good.train.run_id)}
-    assert "model" in top and "hf" not in top
+    assert not top & {"model", "hf"}, "no bare weight folders on the run"
+    weights = mlflow.search_logged_models(filter_string=f"source_run_id = '{good.train.run_id}' AND name = 'model'",
+                                          output_format="list")
+    assert len(weights) == 1, "the fine-tuned weights are logged once, as an MLflow Model"
+    assert {"transformers", "python_function"} <= set(mlflow.models.get_model_info(weights[0].model_uri).flavors)
     assert "served/MLmodel" in {a.path for a in client.list_artifacts(good.train.run_id, "served")}
     # the version is an MLflow Model (python_function over the served folder), its metrics on the logged model
     assert version.source.startswith("models:/m-")

@@ -6,6 +6,7 @@ int4 build, in the test session's sqlite MLflow store; servers are real processe
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from flows.cli import main
 from infra import process
 from registry.pyfunc import log_served_model
 from registry.releases import resolve_release
@@ -92,3 +94,31 @@ def test_a_version_registered_as_a_bare_folder_still_resolves(tiny_onnx: Path, t
     client.create_model_version("legacy-slm", f"runs:/{run.info.run_id}/served", run_id=run.info.run_id)
     release = resolve_release(root, "legacy-slm/1")
     assert sorted(p.name for p in Path(release.onnx_dir).iterdir()) == sorted(p.name for p in tiny_onnx.iterdir())
+
+
+def test_slmops_models_upgrade_makes_a_bare_folder_version_load_in_place(tiny_onnx: Path, server_answer: str,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    root = get_settings().root
+    setup_tracking(root)
+    client = MlflowClient()
+    client.create_registered_model("old-slm")
+    with mlflow.start_run() as run:
+        client.log_artifacts(run.info.run_id, str(tiny_onnx), "served")
+    client.create_model_version("old-slm", f"runs:/{run.info.run_id}/served", run_id=run.info.run_id)
+    client.set_registered_model_alias("old-slm", "champion", "1")
+    with pytest.raises(mlflow.exceptions.MlflowException, match="MLmodel"):
+        mlflow.pyfunc.load_model("models:/old-slm@champion")
+    # `slmops models` names the command; the command upgrades version 1 in place, and says so once
+    assert main(["models", "old-slm"]) == 0
+    assert "versions 1 were registered before slmops logged MLflow Models" in capsys.readouterr().out
+    assert main(["models", "old-slm", "--upgrade"]) == 0
+    assert "upgraded versions 1" in capsys.readouterr().out
+    assert main(["models", "old-slm", "--upgrade"]) == 0
+    assert "every version is an MLflow Model already" in capsys.readouterr().out
+    reply = mlflow.pyfunc.load_model("models:/old-slm@champion").predict({"messages": MESSAGES, "max_tokens": 12})
+    assert reply[0]["choices"][0]["message"]["content"] == server_answer
+    assert client.get_model_version("old-slm", "1").source == f"runs:/{run.info.run_id}/served"  # same version
+    # and deploy still reads it, from a fresh cache
+    shutil.rmtree(root / "cache" / "registry" / "old-slm")
+    release = resolve_release(root, "old-slm@champion")
+    assert (Path(release.onnx_dir) / "model.onnx").read_bytes() == (tiny_onnx / "model.onnx").read_bytes()
