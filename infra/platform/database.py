@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tasks.errors import ConfigError
 
@@ -17,23 +17,24 @@ class Databases(BaseModel):
     prefect: str
     mlflow: str
     shown: str
+    state: str = Field(description="slmops' own state (deployment records and locks, infra/targets/store.py).")
 
 
 def sqlite_databases(home: Path) -> Databases:
     """sqlite: Prefect's db in the platform folder; MLflow's is the embedded one, so both modes share a registry."""
     return Databases(kind="sqlite", prefect=f"sqlite+aiosqlite:///{home / 'platform' / 'prefect.db'}",
-                     mlflow=f"sqlite:///{home / 'mlflow.db'}", shown="sqlite")
+                     mlflow=f"sqlite:///{home / 'mlflow.db'}", shown="sqlite",
+                     state=f"sqlite:///{Path(home).resolve() / 'state.db'}")
 
 
 def postgres_databases(url: str) -> Databases:
-    """``postgresql://user[:pw]@host:port/NAME`` → databases ``NAME_prefect`` and ``NAME_mlflow`` (made if absent).
-
-    Two databases, because Prefect and MLflow both keep an ``alembic_version`` table.
+    """``postgresql://user[:pw]@host:port/NAME`` → databases ``NAME_prefect``, ``NAME_mlflow`` and ``NAME_slmops``
+    (made if absent): one each, because each keeps its own migration history.
     """
     databases = postgres_urls(url)
     parts = urlsplit(url)
     create_databases(urlunsplit(("postgresql", parts.netloc, "/postgres", parts.query, "")),
-                     [urlsplit(databases.prefect).path.lstrip("/"), urlsplit(databases.mlflow).path.lstrip("/")])
+                     [urlsplit(u).path.lstrip("/") for u in (databases.prefect, databases.mlflow, databases.state)])
     return databases
 
 
@@ -50,7 +51,8 @@ def postgres_urls(url: str) -> Databases:
     where = (f"{parts.username}@" if parts.username else "") + parts.hostname + (f":{parts.port}" if parts.port else "")
     shown = urlunsplit(("postgresql", where, f"/{name}", "", ""))  # never the password
     return Databases(kind="postgresql", prefect=with_db("postgresql+asyncpg", f"{name}_prefect"),
-                     mlflow=with_db("postgresql", f"{name}_mlflow"), shown=shown)
+                     mlflow=with_db("postgresql", f"{name}_mlflow"), shown=shown,
+                     state=with_db("postgresql", f"{name}_slmops"))
 
 
 def create_databases(admin_url: str, names: list[str]) -> None:

@@ -23,6 +23,7 @@ from infra.platform.receiver import PATH as RECEIVER_PATH
 from infra.platform.secrets import fernet_key_file, read_secret, webhook_secret_file
 from infra.platform.starter import socket_path
 from infra.platform.state import SERVICES, PlatformState, Service, load_state, probe
+from infra.targets.store import STATE_DB_ENV, STATE_DB_VARIABLE
 from tasks.errors import SlmopsError
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def service_specs(opts: UpOptions, db: Databases, ports: dict[str, int]) -> dict
     receiver_url = f"http://127.0.0.1:{ports['receiver']}"
     clients = {"PREFECT_API_URL": f"{prefect_url}/api", "MLFLOW_TRACKING_URI": mlflow_url}
     starter_socket = socket_path(home)
-    flows_env = {**clients, "SLMOPS_HOME": str(home), "SLMOPS_REPO": str(opts.repo),
+    flows_env = {**clients, STATE_DB_ENV: db.state, "SLMOPS_HOME": str(home), "SLMOPS_REPO": str(opts.repo),
                  "SLMOPS_BINDINGS": str(opts.bindings), "SLMOPS_STARTER_SOCKET": str(starter_socket)}
     return {
         "prefect": ServiceSpec(
@@ -162,7 +163,7 @@ def start_platform(opts: UpOptions, keep: dict[str, Service] | None = None) -> P
             process.stop_group(service.process)
         raise
     return PlatformState(home=str(home), database=db.shown, database_url=opts.database,
-                         artifacts_destination=opts.artifacts_destination,
+                         artifacts_destination=opts.artifacts_destination, state_database=db.state,
                          prefect_api_url=f"{specs['prefect'].url}/api", mlflow_uri=specs["mlflow"].url,
                          receiver_url=f"{specs['receiver'].url}{RECEIVER_PATH}", bindings=str(opts.bindings),
                          repo=str(opts.repo), started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -195,6 +196,20 @@ def configure(repo: Path | None, env: dict[str, str], receiver_url: str, secret:
     if repo is not None:
         apply_deployments(repo, env, pool, pool_type, job_variables)
     ensure_alias_webhook(MlflowClient(env["MLFLOW_TRACKING_URI"]), receiver_url, secret)
+    if env.get(STATE_DB_ENV):
+        publish_state_database(env["PREFECT_API_URL"], env[STATE_DB_ENV])
+
+
+def publish_state_database(prefect_api_url: str, url: str) -> None:
+    """Record where slmops' state database is as the Prefect variable ``slmops_state_database`` (its password
+    left out), so a command that knows only ``PREFECT_API_URL`` finds the deployments."""
+    import sqlalchemy
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.variables import Variable
+
+    with temporary_settings({PREFECT_API_URL: prefect_api_url}):
+        Variable.set(STATE_DB_VARIABLE, sqlalchemy.engine.make_url(url).set(password=None).render_as_string(
+            hide_password=False), overwrite=True)
 
 
 def _wait(service: Service) -> None:

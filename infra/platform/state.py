@@ -11,6 +11,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from infra.process import ProcessRef
+from infra.targets.store import STATE_DB_ENV
 
 SERVICES = ("prefect", "mlflow", "receiver", "starter", "worker")
 
@@ -34,6 +35,7 @@ class PlatformState(BaseModel):
     database_url: str | None = Field(None, description="The --database URL (None: sqlite), to restart alike.")
     artifacts_destination: str | None = Field(None, description="The --artifacts-destination of the MLflow "
                                               "server (None: mlartifacts/ under home).")
+    state_database: str | None = Field(None, description="URL of slmops' state database (deployment records).")
     prefect_api_url: str
     mlflow_uri: str
     receiver_url: str
@@ -93,9 +95,11 @@ def unix_socket_accepts(path: str) -> bool:
 
 
 def platform_environment(home: Path) -> dict[str, str]:
-    """``PREFECT_API_URL``/``MLFLOW_TRACKING_URI`` of the recorded platform (empty when none is recorded)."""
+    """``PREFECT_API_URL``/``MLFLOW_TRACKING_URI``/``SLMOPS_STATE_DATABASE`` of the recorded platform (empty when
+    none is recorded)."""
     state = load_state(home)
     if state is None:
         return {}
     return {"PREFECT_API_URL": state.prefect_api_url, "MLFLOW_TRACKING_URI": state.mlflow_uri,
-            "SLMOPS_BINDINGS": state.bindings}
+            "SLMOPS_BINDINGS": state.bindings, **({STATE_DB_ENV: state.state_database} if state.state_database
+                                                  else {})}

@@ -87,7 +87,7 @@ class LocalTarget(RecordedTarget):
         try:
             return LocalDetails.model_validate(record.details)
         except ValidationError:
-            raise DeployError(f"local deployment {record.name!r}: record {self.store.path(record.name)} has no "
+            raise DeployError(f"local deployment {record.name!r}: its record in {self.store.where()} has no "
                               f"process identities (written by an older slmops); stop its processes by hand "
                               f"({record.details}) and delete the record") from None
 

@@ -13,6 +13,7 @@ import calendar
 import hashlib
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,12 @@ log = logging.getLogger(__name__)
 def model_digest(artifact_digest: str, environment: dict[str, str]) -> str:
     """Eight hex digits naming a SageMaker model: its artifact's digest and its container environment."""
     return hashlib.sha256(json.dumps([artifact_digest, environment], sort_keys=True).encode()).hexdigest()[:8]
+
+
+def config_serial(config: str | None) -> int:
+    """The deploy number at the end of an endpoint config name slmops made (``…-v3-d7`` → 7; else 0)."""
+    match = re.search(r"-d(\d+)$", config or "")
+    return int(match[1]) if match else 0
 
 
 class SageMakerDetails(BaseModel):
@@ -113,14 +120,26 @@ class SageMakerTarget(RecordedTarget):
         except AwsError as exc:
             raise DeployError(f"deploying {release.ref} to {endpoint}: {exc}; nothing was changed on the endpoint") \
                 from None
-        serial = old.serial + 1 if old else 1  # a config per deploy: a redeploy of one version needs a new name
+        # a config per deploy (a redeploy of one version needs a new name), numbered past the live config's and the
+        # record's, so a worker without the record never reuses the name the endpoint serves
+        serial = max(old.serial if old else 0, config_serial(old_config)) + 1
         config = aws_name(endpoint, f"v{release.version}", f"d{serial}")
-        made: dict[str, str | None] = {"config": config, "model": model if new_model else None}
+        wanted = ep.endpoint_config(cfg, config, model, tags)
+        adopted = current is None and old_config is not None and self._live_variants(c, old_config) == \
+            wanted["ProductionVariants"]
+        if adopted:  # no record here (a fresh worker), and the endpoint serves exactly this already: change nothing
+            log.info("%s already serves %s as config %s: recorded, nothing changed", endpoint, release.ref,
+                     old_config)
+            config, serial = old_config, config_serial(old_config)
+        made: dict[str, str | None] = {"config": None, "model": model if new_model else None}
         alarms: list[str] = []
         try:
-            c.sagemaker.create_endpoint_config(**ep.endpoint_config(cfg, config, model, tags))
+            if not adopted:
+                c.sagemaker.create_endpoint_config(**wanted)
+                made["config"] = config  # only now is it ours to delete on failure
             alarms = [] if cfg.serverless_memory_mb else ep.put_alarms(c, cfg, endpoint)
-            self._switch(c, endpoint, config, old_config, alarms, tags)
+            if not adopted:
+                self._switch(c, endpoint, config, old_config, alarms, tags)
         except AwsError as exc:
             new = old_config is None  # a new endpoint that failed goes, with its alarms; an update keeps them
             self._forget(c, made, endpoint if new else None, alarms if new else None)
@@ -148,6 +167,17 @@ class SageMakerTarget(RecordedTarget):
         if old_config is not None and old_config != config:
             self._retire(c, old_config, keep_model=model)
         return deployment
+
+    def _live_variants(self, c: Clients, config: str) -> list[dict[str, Any]] | None:
+        """The production variants of endpoint config ``config`` as CreateEndpointConfig takes them (None when it
+        cannot be read)."""
+        try:
+            variants = c.sagemaker.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"]
+        except Exception as exc:
+            log.warning("describe_endpoint_config %s: %s", config, exc)
+            return None
+        keys = ("VariantName", "ModelName", "InstanceType", "InitialInstanceCount", "ServerlessConfig")
+        return [{k: v[k] for k in keys if k in v} for v in variants]
 
     def _describe(self, c: Clients, endpoint: str) -> dict[str, Any] | None:
         try:
@@ -216,6 +246,8 @@ class SageMakerTarget(RecordedTarget):
 
     def _undo(self, c: Clients, details: SageMakerDetails, old_config: str | None, made: dict[str, str | None],
               tags: list[dict[str, str]]) -> str:
+        if old_config is not None and made["config"] is None:  # adopted what served: there is nothing to put back
+            return f"nothing was changed: config {old_config} serves as before"
         if old_config is None:
             if details.scaling:
                 ep.remove_autoscaling(c, details.scaling)
@@ -230,9 +262,10 @@ class SageMakerTarget(RecordedTarget):
 
     def _forget(self, c: Clients, made: dict[str, str | None], endpoint: str | None = None,
                 alarms: list[str] | None = None) -> None:
-        """Delete what a failed deploy made (the endpoint too when it created it); best effort, logged."""
+        """Delete what a failed deploy made (the endpoint too when it created it): only names this deploy created,
+        never a config or model that was there before (such as the one the endpoint serves); best effort, logged."""
         calls = [("delete_endpoint", {"EndpointName": endpoint})] if endpoint else []
-        calls += [("delete_endpoint_config", {"EndpointConfigName": made["config"]})]
+        calls += [("delete_endpoint_config", {"EndpointConfigName": made["config"]})] if made.get("config") else []
         calls += [("delete_model", {"ModelName": made["model"]})] if made.get("model") else []
         for call, params in calls:
             try:

@@ -3,7 +3,6 @@ and leave nothing running, one deploy at a time, port moves, and only our own pr
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -110,8 +109,7 @@ def test_blue_green_swap_rollback_and_undeploy(harness: Harness, tmp_path: Path)
     status = target.status("tiny-slm")
     assert (status.state, status.recorded_version, status.served_version, status.previous_version) == \
         ("up", "1", "1", "2")
-    record = json.loads(target.store.path("tiny-slm").read_text())
-    assert record["release"]["version"] == "1"
+    assert target.store.load("tiny-slm").release.version == "1"
 
     parts = target.details(back)
     target.undeploy("tiny-slm")

@@ -327,3 +327,40 @@ def test_failed_smoke_test_after_an_update_puts_the_old_config_back(aws: Clients
     assert [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]] == ["demo-v1-d1"]
     assert [m["ModelName"] for m in sm.list_models()["Models"]] == [model_of(releases[0])]
     assert target(tmp_path, aws).status("demo-slm").served_version == "1"
+
+
+def test_a_fresh_worker_redeploying_the_serving_version_changes_nothing(aws: Clients, releases, tmp_path: Path):
+    """Moto on 127.0.0.1: a worker with no record of the endpoint (another pod, an empty SLMOPS_HOME) deploys the
+    version it serves: the endpoint, its config and model stay as they are, and that worker records them."""
+    first = target(tmp_path / "worker-a", aws)
+    served = first.details(first.deploy(releases[0]))
+    configs = aws.sagemaker.list_endpoint_configs()["EndpointConfigs"]
+
+    fresh = target(tmp_path / "worker-b", aws)
+    assert fresh.store.load("demo-slm") is None
+    adopted = fresh.details(fresh.deploy(releases[0]))
+
+    assert (adopted.config_name, adopted.model_name) == (served.config_name, served.model_name)
+    assert aws.sagemaker.list_endpoint_configs()["EndpointConfigs"] == configs, "no config made, none deleted"
+    described = aws.sagemaker.describe_endpoint(EndpointName="demo")
+    assert (described["EndpointStatus"], described["EndpointConfigName"]) == ("InService", served.config_name)
+    assert fresh.status("demo-slm").state == "up"
+
+
+def test_a_fresh_worker_numbers_its_config_past_the_live_one_and_a_failure_keeps_it(aws: Clients, releases,
+                                                                                  tmp_path: Path):
+    """Moto on 127.0.0.1 (which has no update_endpoint, so the update itself fails): a worker without the record
+    deploys other settings over a live endpoint. Its new config is numbered past the live config's (never the live
+    name), and the cleanup after the failure deletes only what it made: the endpoint serves its config still."""
+    first = target(tmp_path / "worker-a", aws)
+    served = first.details(first.deploy(releases[0]))
+    assert served.config_name == "demo-v1-d1"
+    fresh = target(tmp_path / "worker-b", aws, instance_count=2)
+    with pytest.raises(DeployError, match="demo-v1-d1"):
+        fresh.deploy(releases[0])
+    names = {c["EndpointConfigName"] for c in aws.sagemaker.list_endpoint_configs()["EndpointConfigs"]}
+    assert names == {"demo-v1-d1"}, "demo-v1-d2 was made and removed; the live config was not touched"
+    described = aws.sagemaker.describe_endpoint(EndpointName="demo")
+    assert (described["EndpointStatus"], described["EndpointConfigName"]) == ("InService", "demo-v1-d1")
+    assert aws.sagemaker.describe_endpoint_config(EndpointConfigName="demo-v1-d1")["ProductionVariants"][0][
+        "InitialInstanceCount"] == 1
