@@ -1,8 +1,9 @@
 """Bound targets serve what their alias names: ``redeploy`` (on an alias move) and ``reconcile`` (on a schedule).
 
 ``redeploy`` runs from the deployment trigger on the ``slmops.alias.set`` event the webhook receiver emits. Both
-flows serve the version the alias names *now* (so an event that arrives late or twice cannot move a target
-backwards), skip a target that already serves it, and deploy through the target's normal blue/green path.
+flows serve the version the alias names *now*, read under the deployment's lock (so an event that arrives late
+or twice, or runs on another worker at the same time, cannot move a target backwards or redeploy what serves),
+skip a target that already serves it, and deploy through the target's normal blue/green path.
 """
 
 from __future__ import annotations
@@ -50,21 +51,28 @@ def served_version(binding: Binding) -> tuple[str | None, bool]:
 
 
 @task(name="serve-binding")
-def serve_binding(binding: Binding, version: str) -> ServeOutcome:
-    """Make ``binding``'s target serve ``version`` (nothing to do when it already does)."""
-    before, up = served_version(binding)
-    if up and before == version:
-        return ServeOutcome(binding=binding.key, alias_version=version, served_before=before,
-                            action="already serving")
+def serve_binding(binding: Binding, version: str, follow_alias: bool = True) -> ServeOutcome:
+    """Make ``binding``'s target serve its alias's version (``follow_alias``: read again under the deployment's
+    lock, so concurrent runs on any worker agree and none redeploys what serves), or exactly ``version`` (an
+    approved one); nothing to do when it serves already."""
     root = get_settings().root
-    release = resolve_release(root, f"{binding.model}/{version}")
+    client = registry_client(root)
+
+    def wanted() -> str | None:
+        return aliases(client, binding.model).get(binding.alias) if follow_alias else version
+
     try:
-        deployment = make_target(binding.target, root).deploy(release)
+        done = make_target(binding.target, root).converge(
+            binding.deployment_name, wanted, lambda v: resolve_release(root, f"{binding.model}/{v}"))
     except SlmopsError as exc:
+        before, _ = served_version(binding)
         return ServeOutcome(binding=binding.key, alias_version=version, served_before=before, action="failed",
                             detail=str(exc))
-    return ServeOutcome(binding=binding.key, alias_version=version, served_before=before, action="deployed",
-                        detail=deployment.endpoint)
+    if done.deployment is None:
+        return ServeOutcome(binding=binding.key, alias_version=done.version, served_before=done.served_before,
+                            action="already serving" if done.version else "no alias")
+    return ServeOutcome(binding=binding.key, alias_version=done.version, served_before=done.served_before,
+                        action="deployed", detail=done.deployment.endpoint)
 
 
 def ask_approval(binding: Binding, version: str) -> bool | None:
@@ -117,7 +125,7 @@ def redeploy(model: Annotated[str, Field(description="Registered model name whos
                 outcomes.append(ServeOutcome(binding=binding.key, alias_version=current, served_before=None,
                                              action="rejected" if approved is False else "no answer"))
                 continue
-        outcomes.append(serve_binding(binding, current))
+        outcomes.append(serve_binding(binding, current, follow_alias=binding.approval != "required"))
     for o in outcomes:
         logger.info("%s: %s %s", o.binding, o.action, o.detail)
     return publish(outcomes, "redeploy", f"Redeploy of {model}@{alias} (version {current})")
@@ -143,5 +151,5 @@ def reconcile() -> list[ServeOutcome]:
             outcomes.append(ServeOutcome(binding=binding.key, alias_version=version,
                                          served_before=served_version(binding)[0], action="needs approval"))
         else:
-            outcomes.append(serve_binding(binding, version))
+            outcomes.append(serve_binding(binding, version, follow_alias=binding.approval != "required"))
     return publish(outcomes, "reconcile", "Bindings: alias version vs served version")

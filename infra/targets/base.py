@@ -3,14 +3,17 @@ a probe), and the golden-prompt check."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+
+from pydantic import BaseModel
 
 from infra.targets.store import DeployError, Deployment, DeploymentStatus, DeploymentStore, now
 from tasks.records import ModelRelease
 
-__all__ = ["DeployError", "Deployment", "DeploymentStatus", "DeploymentStore", "RecordedTarget", "Target",
-           "check_answer", "now"]
+__all__ = ["Converged", "DeployError", "Deployment", "DeploymentStatus", "DeploymentStore", "RecordedTarget",
+           "Target", "check_answer", "now"]
 
 
 class Target(Protocol):
@@ -22,11 +25,34 @@ class Target(Protocol):
     def status(self, name: str | None = None) -> DeploymentStatus | None:
         """Probe the deployment now: recorded vs served version, up/down; None when nothing is recorded."""
 
+    def converge(self, name: str, wanted: Callable[[], str | None],
+                 release_of: Callable[[str], ModelRelease]) -> Converged:
+        """Under ``name``'s lock: ask ``wanted()`` which version should serve now, probe what serves, and deploy
+        ``release_of(version)`` only when it does not serve already. Asking under the lock is what makes
+        concurrent movers agree: whichever runs last serves the latest answer, and none redeploys what serves."""
+        with self._lock(name):
+            version = wanted()
+            record = self.store.load(name)
+            status = self.probe(record) if record else None
+            before = status.served_version if status else None
+            if version is None or (status is not None and status.state == "up" and before == version):
+                return Converged(version=version, served_before=before)
+            deployment = self._deploy(release_of(version), name, record)
+            return Converged(version=version, served_before=before, deployment=deployment)
+
     def rollback(self, name: str | None = None) -> Deployment:
         """Serve the previous release again."""
 
     def undeploy(self, name: str | None = None) -> None:
         """Stop serving and forget the deployment."""
+
+
+class Converged(BaseModel):
+    """What ``RecordedTarget.converge`` found and did."""
+
+    version: str | None
+    served_before: str | None
+    deployment: Deployment | None = None
 
 
 class RecordedTarget:

@@ -70,8 +70,9 @@ def test_alias_set_against_the_server_redeploys_with_zero_failed_requests(platfo
         wait_for(lambda: served_version(port) == "2", what="version 2 after the alias moved")
         time.sleep(1)
     assert calls.errors == [] and set(calls.codes) == {200} and set(calls.versions) == {"1", "2"}
+    # the run that served it then finishes (its table artifact and final state follow the switch)
+    wait_for(lambda: platform.flow_runs("redeploy")[0]["state_type"] == "COMPLETED", 60, "the redeploy run's end")
     runs = platform.flow_runs("redeploy")
-    assert runs and runs[0]["state_type"] == "COMPLETED"
     assert runs[0]["parameters"] == {"model": "plat-a", "alias": "champion", "version": "2"}
     worker_log = Path(platform.state.services["worker"].log).read_text(errors="replace")
     assert "Beginning flow run" in worker_log and "fresh interpreter" not in worker_log  # forked warm, not cold

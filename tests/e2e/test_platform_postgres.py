@@ -46,7 +46,7 @@ def pg_platform(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> It
 
         engine = sqlalchemy.create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
-            for db in (f"{name}_prefect", f"{name}_mlflow"):
+            for db in (f"{name}_prefect", f"{name}_mlflow", f"{name}_slmops"):
                 conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
         engine.dispose()
 
