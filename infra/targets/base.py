@@ -25,21 +25,6 @@ class Target(Protocol):
     def status(self, name: str | None = None) -> DeploymentStatus | None:
         """Probe the deployment now: recorded vs served version, up/down; None when nothing is recorded."""
 
-    def converge(self, name: str, wanted: Callable[[], str | None],
-                 release_of: Callable[[str], ModelRelease]) -> Converged:
-        """Under ``name``'s lock: ask ``wanted()`` which version should serve now, probe what serves, and deploy
-        ``release_of(version)`` only when it does not serve already. Asking under the lock is what makes
-        concurrent movers agree: whichever runs last serves the latest answer, and none redeploys what serves."""
-        with self._lock(name):
-            version = wanted()
-            record = self.store.load(name)
-            status = self.probe(record) if record else None
-            before = status.served_version if status else None
-            if version is None or (status is not None and status.state == "up" and before == version):
-                return Converged(version=version, served_before=before)
-            deployment = self._deploy(release_of(version), name, record)
-            return Converged(version=version, served_before=before, deployment=deployment)
-
     def rollback(self, name: str | None = None) -> Deployment:
         """Serve the previous release again."""
 
@@ -96,6 +81,21 @@ class RecordedTarget:
         name = self.cfg.name or release.name
         with self._lock(name):
             return self._deploy(release, name, self.store.load(name))
+
+    def converge(self, name: str, wanted: Callable[[], str | None],
+                 release_of: Callable[[str], ModelRelease]) -> Converged:
+        """Under ``name``'s lock: ask ``wanted()`` which version should serve now, probe what serves, and deploy
+        ``release_of(version)`` only when it does not serve already. Asking under the lock is what makes
+        concurrent movers agree: whichever runs last serves the latest answer, and none redeploys what serves."""
+        with self._lock(name):
+            version = wanted()
+            record = self.store.load(name)
+            status = self.probe(record) if record else None
+            before = status.served_version if status else None
+            if version is None or (status is not None and status.state == "up" and before == version):
+                return Converged(version=version, served_before=before)
+            deployment = self._deploy(release_of(version), name, record)
+            return Converged(version=version, served_before=before, deployment=deployment)
 
     def rollback(self, name: str | None = None) -> Deployment:
         """Serve the previous release again (through a normal, fully checked deploy)."""
