@@ -139,7 +139,8 @@ def cmd_platform_configure(args: argparse.Namespace) -> int:
     from infra.platform.secrets import read_secret
     from infra.platform.services import configure
 
-    env = {**os.environ, "PREFECT_API_URL": args.prefect_api, "MLFLOW_TRACKING_URI": args.mlflow}
+    env = {**os.environ, "PREFECT_API_URL": args.prefect_api, "MLFLOW_TRACKING_URI": args.mlflow,
+           **({"SLMOPS_STATE_DATABASE": args.state_database} if args.state_database else {})}
     repo = repo_path(args.repo)
     variables = json.loads(args.job_variables.read_text()) if args.job_variables else None
     configure(repo, env, args.receiver_url, read_secret(args.secret_file), args.pool, args.pool_type, variables)
@@ -180,6 +181,10 @@ def add_parsers(sub: argparse._SubParsersAction, port_type) -> None:
                            help="Where MLflow posts deliveries, e.g. http://receiver:8787/webhooks/mlflow")
     configure.add_argument("--secret-file", required=True, type=Path, help="File holding the webhook secret "
                            "(the receiver reads the same file).")
+    configure.add_argument("--state-database", metavar="URL", help="slmops' state database (deployment records "
+                           "and locks), e.g. postgresql://user@db:5432/slmops_slmops: published as the Prefect "
+                           "variable slmops_state_database (without a password) for commands that know only the "
+                           "Prefect API; workers get it as SLMOPS_STATE_DATABASE.")
     configure.add_argument("--pool", default="slmops-process", help="Work pool the deployments run in.")
     configure.add_argument("--pool-type", default="process", choices=("process", "kubernetes", "docker", "ecs"),
                            help="Type of that work pool (created if absent).")

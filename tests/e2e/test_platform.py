@@ -204,8 +204,12 @@ def test_platform_configure_applies_deployments_and_the_webhook_to_given_servers
     secret = platform.home / "platform" / "webhook-secret"
     out = platform.cli("platform", "configure", "--prefect-api", platform.state.prefect_api_url, "--mlflow",
                        platform.state.mlflow_uri, "--receiver-url", platform.state.receiver_url, "--secret-file",
-                       str(secret), "--job-variables", str(variables)).stdout
+                       str(secret), "--job-variables", str(variables), "--state-database",
+                       platform.state.state_database).stdout
     assert "deployments of" in out and platform.state.receiver_url in out
+    # where the deployment records are is published for commands that know only the Prefect API
+    published = platform.prefect("GET", "/variables/name/slmops_state_database").json()["value"]
+    assert published == platform.state.state_database
     # then every deployment carries the job variables, and the webhook still reaches the receiver
     deployments = platform.prefect("POST", "/deployments/filter", json={}).json()
     assert all(d["job_variables"].get("env", {}).get("SLMOPS_CONFIGURED_BY") == "platform configure"

@@ -130,16 +130,18 @@ def test_two_workers_act_as_one(two_workers, tmp_path: Path) -> None:
     with ThreadPoolExecutor(len(moves)) as pool:
         list(pool.map(lambda v: client.set_registered_model_alias(MODEL, "champion", v), moves))
     final = client.get_model_version_by_alias(MODEL, "champion").version
+    wait_for(lambda: served_version(port) == str(final), 600, "the last move serving")
+    serving = time.monotonic() - started
     wait_for(lambda: len(plat.flow_runs("redeploy")) >= runs_before + len(moves) and
              not unfinished(plat, "redeploy"), 600, "a finished redeploy run per alias move")
-    elapsed = time.monotonic() - started
+    settled = time.monotonic() - started
     assert served_version(port) == str(final), "the target serves the alias's last move"
     made = deploys(plat) - before
     assert 1 <= made <= len(moves), f"{made} deploys for {len(moves)} moves"
     states = [r["state_type"] for r in plat.flow_runs("redeploy")[: len(moves)]]
     assert states == ["COMPLETED"] * len(moves), states
-    print(f"\n[two workers] {len(moves)} alias moves: {made} deploys, final version {final} serving "
-          f"{elapsed:.1f}s after the first move")
+    print(f"\n[two workers] {len(moves)} alias moves: {made} deploys; version {final} served {serving:.1f}s and "
+          f"every redeploy run finished {settled:.1f}s after the moves began")
 
     # a reconcile on either worker redeploys nothing that already serves the bound version
     for _ in range(2):

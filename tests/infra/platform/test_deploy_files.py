@@ -47,7 +47,7 @@ def test_compose_runs_the_services_up_starts_with_the_same_settings(compose: dic
     assert compose["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"] == urls.prefect
     assert urls.mlflow in compose["mlflow-server"]["command"]
     init = (DEPLOY / "postgres-init.sql").read_text()
-    assert {"slmops_prefect", "slmops_mlflow"} <= set(re.findall(r"CREATE DATABASE (\w+)", init))
+    assert {"slmops_prefect", "slmops_mlflow", "slmops_slmops"} <= set(re.findall(r"CREATE DATABASE (\w+)", init))
     # Prefect: same server settings (analytics off, the UI told where its API is)
     prefect_env = compose["prefect-server"]["environment"]
     for key in ("PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_UI_API_URL"):
@@ -66,7 +66,11 @@ def test_compose_runs_the_services_up_starts_with_the_same_settings(compose: dic
     worker = compose["worker"]
     assert worker["command"][worker["command"].index("--pool") + 1] == WORK_POOL
     assert {"PREFECT_API_URL", "MLFLOW_TRACKING_URI", "SLMOPS_HOME", "SLMOPS_REPO", "SLMOPS_BINDINGS",
-            "PREFECT_WORKER_QUERY_SECONDS"} <= set(worker["environment"]) & set(up_specs["worker"].env)
+            "SLMOPS_STATE_DATABASE", "PREFECT_WORKER_QUERY_SECONDS"} <= set(worker["environment"]) & set(
+        up_specs["worker"].env)
+    # deployment records and locks: the state database up makes, given to the worker and published by configure
+    assert worker["environment"]["SLMOPS_STATE_DATABASE"] == urls.state == up_specs["worker"].env[
+        "SLMOPS_STATE_DATABASE"]
     pools = {d["work_pool"]["name"] for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
     assert pools == {WORK_POOL}
 
@@ -75,6 +79,7 @@ def test_the_configure_step_is_a_valid_slmops_command(compose: dict) -> None:
     args = build_parser().parse_args(compose["configure"]["command"])
     assert (args.command, args.platform_command, args.pool) == ("platform", "configure", WORK_POOL)
     assert args.receiver_url.endswith("/webhooks/mlflow") and args.prefect_api.endswith("/api")
+    assert args.state_database == postgres_urls("postgresql://slmops:slmops@postgres:5432/slmops").state
 
 
 def test_kubernetes_files_use_the_same_receiver_mlflow_settings_and_a_kubernetes_pool(up_specs) -> None:
@@ -89,7 +94,11 @@ def test_kubernetes_files_use_the_same_receiver_mlflow_settings_and_a_kubernetes
     assert values["config"]["type"] == "kubernetes" and values["apiConfig"] == "selfHostedServer"
     assert values["image"]["prefectTag"].startswith("3.8.8")
     job = json.loads((DEPLOY / "k8s" / "work-pool-job-variables.json").read_text())
-    assert {"MLFLOW_TRACKING_URI", "SLMOPS_HOME", "SLMOPS_REPO", "SLMOPS_BINDINGS"} <= set(job["env"])
+    assert {"MLFLOW_TRACKING_URI", "SLMOPS_HOME", "SLMOPS_REPO", "SLMOPS_BINDINGS",
+            "SLMOPS_STATE_DATABASE"} <= set(job["env"])
+    # no pod keeps artifacts on its own disk: the MLflow server proxies them to the configured store
+    assert "--artifacts-destination \"$MLFLOW_ARTIFACTS\"" in mlflow["command"][-1]
+    assert "MLFLOW_ARTIFACTS" in {e["name"] for e in mlflow["env"]}
 
 
 def test_the_image_installs_every_package_with_the_pinned_torch() -> None:

@@ -1,0 +1,1 @@
+"""Alembic migrations of the deployment-state database (infra/targets/store.py runs them)."""
