@@ -3,7 +3,6 @@ state there, and an alias set through MLflow's server redeploys the bound target
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,26 +10,12 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.platform_harness import Platform, none_running, served_version, stable_port, wait_for
-
-POSTGRES = "postgresql://postgres@127.0.0.1:5432"
-
-
-def _postgres_answers() -> bool:
-    import sqlalchemy
-
-    try:
-        with sqlalchemy.create_engine(f"{POSTGRES}/postgres").connect():
-            return True
-    except sqlalchemy.exc.SQLAlchemyError:
-        return False
+from tests.fixtures.postgres import POSTGRES, drop_databases, require_postgres
 
 
 @pytest.fixture(scope="module")
 def pg_platform(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> Iterator[tuple[Platform, int, str]]:
-    if not _postgres_answers():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL does not answer at {POSTGRES}")
-        pytest.skip(f"no PostgreSQL at {POSTGRES}")
+    require_postgres()
     name, port = f"slmops_e2e_{uuid.uuid4().hex[:8]}", stable_port()
     plat = Platform(tmp_path_factory.mktemp("pg-platform"),
                     [{"model": "pg-model", "alias": "champion", "target": {"target": "local", "port": port}}],
@@ -42,13 +27,7 @@ def pg_platform(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> It
     finally:
         plat.down()
         assert none_running(state)
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            for db in (f"{name}_prefect", f"{name}_mlflow", f"{name}_slmops"):
-                conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        engine.dispose()
+        drop_databases(f"{name}_prefect", f"{name}_mlflow", f"{name}_slmops")
 
 
 def test_alias_set_redeploys_with_prefect_and_mlflow_on_postgres(pg_platform) -> None:

@@ -25,17 +25,9 @@ import sqlalchemy
 from infra import process
 from infra.process import ProcessRef
 from tests.e2e.platform_harness import REPO, Platform, none_running, served_version, stable_port, wait_for
+from tests.fixtures.postgres import POSTGRES, drop_databases, require_postgres
 
-POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 MODEL = "tw-model"
-
-
-def _postgres_answers() -> bool:
-    try:
-        with sqlalchemy.create_engine(f"{POSTGRES}/postgres").connect():
-            return True
-    except sqlalchemy.exc.SQLAlchemyError:
-        return False
 
 
 def start_second_worker(plat: Platform, home: Path) -> list[ProcessRef]:
@@ -59,10 +51,7 @@ def start_second_worker(plat: Platform, home: Path) -> list[ProcessRef]:
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory,
                 tiny_onnx: Path) -> Iterator[tuple[Platform, int, list[ProcessRef]]]:
-    if not _postgres_answers():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL does not answer at {POSTGRES}")
-        pytest.skip(f"no PostgreSQL at {POSTGRES}")
+    require_postgres()
     name, port = f"slmops_tw_{uuid.uuid4().hex[:8]}", stable_port()
     plat = Platform(tmp_path_factory.mktemp("tw-platform"),
                     [{"model": MODEL, "alias": "champion", "target": {"target": "local", "port": port}}],
@@ -79,11 +68,7 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory,
             process.stop_group(ref)
         plat.down()
         assert none_running(state)
-        engine = sqlalchemy.create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            for db in (f"{name}_prefect", f"{name}_mlflow", f"{name}_slmops"):
-                conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        engine.dispose()
+        drop_databases(f"{name}_prefect", f"{name}_mlflow", f"{name}_slmops")
 
 
 def online_workers(plat: Platform) -> list[str]:

@@ -19,6 +19,15 @@ import sqlalchemy
 
 from infra.targets.store import DeployError, Deployment, DeploymentStore
 from tasks.records import ModelRelease
+from tests.fixtures.postgres import POSTGRES, admin_execute, drop_databases, require_postgres
+
+
+def hold_lock(root: Path, url: str | None = None) -> subprocess.Popen:
+    """Another process holding deployment 'tiny''s lock (it prints 'held' once it does)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom infra.targets.store import DeploymentStore\n"
+         f"with DeploymentStore({str(root)!r}, 'local', {url!r}).lock('tiny', 10):\n"
+         "    print('held', flush=True)\n    time.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
 
 
 def revision(store: DeploymentStore, name: str) -> int:
@@ -86,10 +95,7 @@ def test_lock_lets_one_thread_in_at_a_time(tmp_path: Path) -> None:
 
 
 def test_lock_held_by_another_process_names_it_and_is_freed_when_it_exits(tmp_path: Path) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom infra.targets.store import DeploymentStore\n"
-         f"with DeploymentStore({str(tmp_path)!r}, 'local').lock('tiny', 10):\n"
-         "    print('held', flush=True)\n    time.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
+    holder = hold_lock(tmp_path)
     try:
         assert holder.stdout.readline().strip() == "held"
         store = DeploymentStore(tmp_path, "local")
@@ -117,25 +123,14 @@ def test_json_records_of_an_older_slmops_are_imported_once(tmp_path: Path) -> No
     assert DeploymentStore(tmp_path, "local").load("tiny").release.version == "4", "never imported over a row"
 
 
-POSTGRES = "postgresql://postgres@127.0.0.1:5432"
-
-
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh database on the machine's PostgreSQL, dropped afterwards."""
-    admin = sqlalchemy.create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            name = f"slmops_state_{uuid.uuid4().hex[:8]}"
-            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    except sqlalchemy.exc.OperationalError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no PostgreSQL at {POSTGRES}")
+    require_postgres()
+    name = f"slmops_state_{uuid.uuid4().hex[:8]}"
+    admin_execute(f'CREATE DATABASE "{name}"')
     yield f"{POSTGRES}/{name}"
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    drop_databases(name)
 
 
 def test_on_postgresql_two_workers_share_records_and_locks(pg_url: str, tmp_path: Path) -> None:
@@ -147,10 +142,7 @@ def test_on_postgresql_two_workers_share_records_and_locks(pg_url: str, tmp_path
     first, second = (DeploymentStore(tmp_path / f"w{i}", "local", pg_url) for i in range(2))
     first.save(record("5"))
     assert second.load("tiny") == record("5") and [d.name for d in second.all()] == ["tiny"]
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time\nfrom infra.targets.store import DeploymentStore\n"
-         f"with DeploymentStore({str(tmp_path / 'w0')!r}, 'local', {pg_url!r}).lock('tiny', 10):\n"
-         "    print('held', flush=True)\n    time.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
+    holder = hold_lock(tmp_path / "w0", pg_url)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(DeployError, match=rf"'tiny' is running \(pid {holder.pid} on .*gave up after 1s"), \

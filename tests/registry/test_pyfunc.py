@@ -84,27 +84,28 @@ def test_mlflow_models_serve_answers_invocations(registered: str, server_answer:
         process.stop(pid)
 
 
+def register_legacy(name: str, served: Path) -> str:
+    """Version 1 of ``name`` registered the way slmops did before MLflow Models (a bare folder on its run)."""
+    setup_tracking(get_settings().root)
+    client = MlflowClient()
+    client.create_registered_model(name)
+    with mlflow.start_run() as run:
+        client.log_artifacts(run.info.run_id, str(served), "served")
+    client.create_model_version(name, f"runs:/{run.info.run_id}/served", run_id=run.info.run_id)
+    return run.info.run_id
+
+
 def test_a_version_registered_as_a_bare_folder_still_resolves(tiny_onnx: Path, tmp_path: Path) -> None:
     root = get_settings().root
-    setup_tracking(root)
-    client = MlflowClient()
-    client.create_registered_model("legacy-slm")
-    with mlflow.start_run() as run:
-        client.log_artifacts(run.info.run_id, str(tiny_onnx), "served")
-    client.create_model_version("legacy-slm", f"runs:/{run.info.run_id}/served", run_id=run.info.run_id)
+    register_legacy("legacy-slm", tiny_onnx)
     release = resolve_release(root, "legacy-slm/1")
     assert sorted(p.name for p in Path(release.onnx_dir).iterdir()) == sorted(p.name for p in tiny_onnx.iterdir())
 
 
 def test_slmops_models_upgrade_makes_a_bare_folder_version_load_in_place(tiny_onnx: Path, server_answer: str,
                                                                           capsys: pytest.CaptureFixture) -> None:
-    root = get_settings().root
-    setup_tracking(root)
-    client = MlflowClient()
-    client.create_registered_model("old-slm")
-    with mlflow.start_run() as run:
-        client.log_artifacts(run.info.run_id, str(tiny_onnx), "served")
-    client.create_model_version("old-slm", f"runs:/{run.info.run_id}/served", run_id=run.info.run_id)
+    root, client = get_settings().root, MlflowClient()
+    run_id = register_legacy("old-slm", tiny_onnx)
     client.set_registered_model_alias("old-slm", "champion", "1")
     with pytest.raises(mlflow.exceptions.MlflowException, match="MLmodel"):
         mlflow.pyfunc.load_model("models:/old-slm@champion")
@@ -117,7 +118,7 @@ def test_slmops_models_upgrade_makes_a_bare_folder_version_load_in_place(tiny_on
     assert "every version is an MLflow Model already" in capsys.readouterr().out
     reply = mlflow.pyfunc.load_model("models:/old-slm@champion").predict({"messages": MESSAGES, "max_tokens": 12})
     assert reply[0]["choices"][0]["message"]["content"] == server_answer
-    assert client.get_model_version("old-slm", "1").source == f"runs:/{run.info.run_id}/served"  # same version
+    assert client.get_model_version("old-slm", "1").source == f"runs:/{run_id}/served"  # the same version
     # and deploy still reads it, from a fresh cache
     shutil.rmtree(root / "cache" / "registry" / "old-slm")
     release = resolve_release(root, "old-slm@champion")
