@@ -39,9 +39,9 @@ def evaluation_rows(score: ArtifactScore) -> list[dict]:
 def log_evaluation(run_id: str, score: ArtifactScore) -> dict[str, float]:
     """Log ``score``'s rows as an evaluation on run ``run_id``; the metrics MLflow computed (``exact_match/mean``).
 
-    Rows are written one at a time (``MLFLOW_GENAI_EVAL_MAX_WORKERS`` 1 unless set): concurrent writers on a
-    sqlite store lose traces and take minutes over lock retries. MLflow's own progress bar and banner are kept off
-    the terminal.
+    ``MLFLOW_GENAI_EVAL_MAX_WORKERS`` is set (1, unless the user set it): left unset, MLflow 3.17 on the embedded
+    sqlite store took 93 s for 60 rows and lost 32 of their traces, against 6 s and none lost with it set
+    (bench/genai_eval.py). MLflow's own progress bar and banner are kept off the terminal.
     """
     rows = evaluation_rows(score)
     if not rows:
