@@ -22,7 +22,7 @@ from registry.errors import RegistryError
 from registry.history import require_model
 from registry.models import RegisteredVersion, find_identical
 from registry.pyfunc import log_adapter_model, log_served_model
-from registry.resolve import download_served, version_of
+from registry.resolve import DIGEST_TAG, download_served, version_of
 from registry.tracking import setup_tracking
 from tasks.quantize.adapters import lora_inputs
 from tasks.records import digest_dir, digest_file
@@ -60,13 +60,13 @@ def register_multi_lora(root: Path, base_name: str, folder: Path) -> list[Regist
     _ensure_model(client, base_name, f"Multi-LoRA base model registered by slmops ({base_name}).")
     base = client.create_model_version(base_name, source=base_model.model_uri, run_id=run_id,
                                        model_id=base_model.model_id, tags={
-        KIND_TAG: BASE_KIND, "slmops.served_digest": digest_dir(folder), "slmops.adapters": ",".join(files)})
+        KIND_TAG: BASE_KIND, DIGEST_TAG: digest_dir(folder), "slmops.adapters": ",".join(files)})
     registered = [RegisteredVersion(name=base_name, version=str(base.version), run_id=run_id, aliases=[])]
     for name, file in files.items():
         _ensure_model(client, name, f"LoRA adapter over {base_name} registered by slmops.")
         model = adapter_models[name]
         mv = client.create_model_version(name, source=model.model_uri, run_id=run_id, model_id=model.model_id, tags={
-            KIND_TAG: ADAPTER_KIND, BASE_TAG: f"{base_name}/{base.version}", "slmops.served_digest": digest_file(file)})
+            KIND_TAG: ADAPTER_KIND, BASE_TAG: f"{base_name}/{base.version}", DIGEST_TAG: digest_file(file)})
         registered.append(RegisteredVersion(name=name, version=str(mv.version), run_id=run_id, aliases=[]))
     return registered
 
@@ -95,7 +95,7 @@ def assemble_adapter_release(root: Path, client: MlflowClient, name: str, versio
         return served
     base_name, base_version = version_of(client, base_ref)
     base = client.get_model_version(base_name, base_version)
-    base_dir = download_served(root, base_name, base_version, base.run_id, base.source)
+    base_dir = download_served(root, base_name, base_version, base.run_id, base.source, base.tags.get(DIGEST_TAG))
     dest.mkdir(parents=True, exist_ok=True)
     download = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
     try:

@@ -17,7 +17,7 @@ from registry.errors import RegistryError
 from registry.evaluation import log_evaluation
 from registry.history import aliases, move_alias, require_model
 from registry.pyfunc import log_served_model
-from registry.resolve import download_served
+from registry.resolve import DIGEST_TAG, download_served
 from registry.tracking import setup_tracking
 from tasks.batch.profile import Profile
 from tasks.config import PipelineConfig
@@ -64,7 +64,8 @@ def fetch_champion(root: Path, name: str, alias: str = "champion") -> ChampionRe
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-    served = download_served(root, name, str(version.version), version.run_id, version.source)
+    served = download_served(root, name, str(version.version), version.run_id, version.source,
+                             version.tags.get(DIGEST_TAG))
     return ChampionRef(version=str(version.version), artifact=onnx_artifact("champion", served))
 
 
@@ -135,7 +136,7 @@ def register_version(root: Path, run_id: str, config: PipelineConfig, data: Prep
     client.log_text(run_id, card, "model_card.md")
     tags = {f"slmops.{k}": v for k, v in lineage.items()} | {"slmops.gate": "passed",
                                                              "slmops.served_artifact": served.name,
-                                                             "slmops.served_digest": served.digest}
+                                                             DIGEST_TAG: served.digest}
     mv = client.create_model_version(name, source=model.model_uri, run_id=run_id, tags=tags, description=card,
                                      model_id=model.model_id)
     for k, v in report.metrics(served.name).items():

@@ -15,7 +15,7 @@ from prefect import task
 
 from registry.adapters import ADAPTER_KIND, BASE_TAG, KIND_TAG, assemble_adapter_release
 from registry.errors import RegistryError
-from registry.resolve import download_served, version_cache, version_of
+from registry.resolve import DIGEST_TAG, download_served, version_cache, version_of
 from registry.tracking import setup_tracking
 from tasks.records import ModelRelease
 
@@ -36,7 +36,7 @@ def resolve_release(root: Path, ref: str) -> ModelRelease:
                                           mv.source)
         return ModelRelease(name=name, version=str(version), onnx_dir=str(served),
                             model_id=getattr(mv, "model_id", None) or "")
-    served = download_served(root, name, version, mv.run_id, mv.source)
+    served = download_served(root, name, version, mv.run_id, mv.source, mv.tags.get(DIGEST_TAG))
     try:
         gguf = {}
         for item in client.list_artifacts(mv.run_id, "gguf"):

@@ -118,7 +118,7 @@ def test_pipeline_registers_then_worse_candidate_fails_gate(prefect_harness, tin
     assert [e["version"] for e in history(client, "tiny-gated")] == ["1", "1"], "no alias moved again"
     cached = home / "cache" / "registry" / "tiny-gated" / "1"
     assert (cached / "served" / "genai_config.json").is_file() and sorted(p.name for p in cached.iterdir()) == [
-        "served"]
+        "served", "served.sha256"]  # the folder, and the digest it was downloaded (and checked) as
     assert not list(home.glob("champion-*"))
 
     # when a much worse candidate (no distillation, one LoRA step) runs against that champion

@@ -17,9 +17,12 @@ from mlflow.tracking import MlflowClient
 
 from flows.cli import main
 from infra import process
+from registry.errors import RegistryError
 from registry.pyfunc import log_served_model
 from registry.releases import resolve_release
+from registry.resolve import DIGEST_TAG, download_served
 from registry.tracking import setup_tracking, tracking_uri
+from tasks.records import digest_dir
 from tasks.settings import get_settings
 from tests.infra.serving.conftest import NAME, start_server
 
@@ -123,3 +126,29 @@ def test_slmops_models_upgrade_makes_a_bare_folder_version_load_in_place(tiny_on
     shutil.rmtree(root / "cache" / "registry" / "old-slm")
     release = resolve_release(root, "old-slm@champion")
     assert (Path(release.onnx_dir) / "model.onnx").read_bytes() == (tiny_onnx / "model.onnx").read_bytes()
+
+
+def test_the_version_cache_is_only_a_cache(tiny_onnx: Path, random_onnx: Path, tmp_path: Path) -> None:
+    setup_tracking(get_settings().root)
+    client = MlflowClient()
+
+    def register(folder: Path):
+        client.create_registered_model("cache-slm")
+        with mlflow.start_run() as run:
+            model = log_served_model(run.info.run_id, folder)
+        client.create_model_version("cache-slm", model.model_uri, run_id=run.info.run_id, model_id=model.model_id,
+                                    tags={DIGEST_TAG: digest_dir(folder)})
+        return client.get_model_version("cache-slm", "1")
+
+    mv = register(tiny_onnx)
+    first = download_served(tmp_path, "cache-slm", "1", mv.run_id, mv.source, mv.tags[DIGEST_TAG])
+    assert (first / "model.onnx").read_bytes() == (tiny_onnx / "model.onnx").read_bytes()
+    # a registry made anew holds other bytes under the same name and version: the cache does not stand in for them
+    client.delete_registered_model("cache-slm")
+    mv = register(random_onnx)
+    again = download_served(tmp_path, "cache-slm", "1", mv.run_id, mv.source, mv.tags[DIGEST_TAG])
+    assert again == first and (again / "model.onnx").read_bytes() == (random_onnx / "model.onnx").read_bytes()
+    # and a download that does not match the version's digest is refused, not served
+    with pytest.raises(RegistryError, match="does not match the version's digest"):
+        download_served(tmp_path / "other", "cache-slm", "1", mv.run_id, mv.source, "0" * 64)
+    assert not (tmp_path / "other" / "cache" / "registry" / "cache-slm" / "1" / "served").exists()
