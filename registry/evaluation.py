@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import os
+from collections.abc import Iterator
 
 import mlflow
 from mlflow.genai.scorers import scorer
@@ -22,6 +23,7 @@ from tasks.evaluate.score import ArtifactScore
 
 log = logging.getLogger(__name__)
 EXPECTED = "expected_response"  # MLflow's conventional expectation key for a reference answer
+WRITERS = "MLFLOW_GENAI_EVAL_MAX_WORKERS"
 
 
 @scorer
@@ -36,6 +38,19 @@ def evaluation_rows(score: ArtifactScore) -> list[dict]:
             for row in score.rows]
 
 
+@contextlib.contextmanager
+def _writers_set() -> Iterator[None]:
+    """``MLFLOW_GENAI_EVAL_MAX_WORKERS`` 1 for the call when the user has not set it (and unset again after)."""
+    if WRITERS in os.environ:
+        yield
+        return
+    os.environ[WRITERS] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(WRITERS, None)
+
+
 def log_evaluation(run_id: str, score: ArtifactScore) -> dict[str, float]:
     """Log ``score``'s rows as an evaluation on run ``run_id``; the metrics MLflow computed (``exact_match/mean``).
 
@@ -46,8 +61,8 @@ def log_evaluation(run_id: str, score: ArtifactScore) -> dict[str, float]:
     rows = evaluation_rows(score)
     if not rows:
         return {}
-    os.environ.setdefault("MLFLOW_GENAI_EVAL_MAX_WORKERS", "1")
-    with on_run(run_id), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    quiet = (contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()))
+    with _writers_set(), on_run(run_id), quiet[0], quiet[1]:
         result = mlflow.genai.evaluate(data=rows, scorers=[exact_match])
     log.info("evaluation of %s: %d rows logged to MLflow run %s", score.name, len(rows), run_id)
     return {k: float(v) for k, v in result.metrics.items()}

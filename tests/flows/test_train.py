@@ -49,8 +49,10 @@ def test_train_flow_logs_everything_to_mlflow(prefect_harness, tiny_config: Path
     assert "exact_match/lora" in run.data.metrics
     assert {i.dataset.digest for i in run.inputs.dataset_inputs} == {summary.data.digest[:36]}
     assert {i.dataset.name for i in run.inputs.dataset_inputs} >= {"tiny-slm-train", "tiny-slm-test"}
-    artifacts = {a.path for a in client.list_artifacts(summary.run_id, "model")}
-    assert "model/config.json" in artifacts and "model/model.safetensors" in artifacts
+    artifacts = {a.path for a in client.list_artifacts(summary.run_id, "model")}  # the run's logged model
+    assert "model/MLmodel" in artifacts, "the weights are an MLflow Model (transformers flavor)"
+    weights = {a.path for a in client.list_artifacts(summary.run_id, "model/model")}
+    assert {"model/model/config.json", "model/model/model.safetensors"} <= weights
     assert run.info.artifact_uri.startswith("file:///")
 
 

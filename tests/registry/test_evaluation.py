@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import mlflow
 import pytest
 
@@ -39,6 +41,7 @@ def test_every_row_is_a_scored_trace_on_the_run(capsys: pytest.CaptureFixture) -
     assert seen == {r: is_exact_match(a, r) for r, a in answers}
     out = capsys.readouterr()
     assert "Evaluation completed" not in out.out + out.err  # MLflow's banner stays off the terminal
+    assert "MLFLOW_GENAI_EVAL_MAX_WORKERS" not in os.environ, "set for the call only"
 
 
 def test_a_score_without_rows_logs_nothing() -> None:
