@@ -54,6 +54,7 @@ def log_training_run(root: Path, config: PipelineConfig, data: PreparedData, res
 def log_hf_model(path: str | Path) -> Any:
     """The Hugging Face folder ``path`` as an MLflow Model named ``model`` on the active run (the ``transformers``
     flavor, a ``text-generation`` pipeline): ``mlflow.transformers.load_model`` and ``mlflow.pyfunc`` take it."""
+    # torch and transformers load here, when weights are logged, not with every command that imports the registry
     from transformers import AutoModelForCausalLM
 
     from tasks.modeling import load_tokenizer

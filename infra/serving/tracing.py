@@ -134,6 +134,7 @@ class Tracer:
                 log.warning("trace of a %s request not recorded: %s", item.endpoint, exc)
 
     def _experiment(self) -> str:
+        # MLflow loads in the writer thread, on the first traced request: a server that does not trace never pays
         import mlflow
         from mlflow.tracking import MlflowClient
 
