@@ -39,9 +39,12 @@ def use_platform(home: Path) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     from infra import process
     from infra.platform.bindings import load_bindings
+    from infra.platform.results import parse_results_uri
     from infra.platform.services import UpOptions, platform_health, start_platform
     from infra.platform.state import load_state, save_state
 
+    if args.results:
+        parse_results_uri(args.results)  # a bad URI is an error before anything starts
     home = get_settings().root
     current = load_state(home)
     keep = {}
@@ -58,6 +61,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             kept = current.artifacts_destination or "mlartifacts/"
             raise ConfigError(f"the platform on record keeps artifacts in {kept}; `slmops down` before changing "
                               "--artifacts-destination")
+        if args.results and args.results != current.results:
+            raise ConfigError(f"the platform on record keeps results in {current.results or 'its runs'}; "
+                              "`slmops down` before changing --results")
         print("the platform on record is not whole (" + ", ".join(f"{k}: {v}" for k, v in health.items())
               + "); starting what is missing")
         keep = {name: s for name, s in current.services.items() if health.get(name) == "up"}
@@ -71,6 +77,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                                      database=args.database or (current.database_url if current else None),
                                      artifacts_destination=args.artifacts_destination
                                      or (current.artifacts_destination if current else None),
+                                     results=args.results or (current.results if current else None),
                                      prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
                                      receiver_port=args.receiver_port), keep)
     save_state(state)
@@ -143,7 +150,8 @@ def cmd_platform_configure(args: argparse.Namespace) -> int:
            **({"SLMOPS_STATE_DATABASE": args.state_database} if args.state_database else {})}
     repo = repo_path(args.repo)
     variables = json.loads(args.job_variables.read_text()) if args.job_variables else None
-    configure(repo, env, args.receiver_url, read_secret(args.secret_file), args.pool, args.pool_type, variables)
+    configure(repo, env, args.receiver_url, read_secret(args.secret_file), args.pool, args.pool_type, variables,
+              args.results)
     print(f"deployments of {repo / 'prefect.yaml'} applied to {args.prefect_api} (pool {args.pool}); "
           f"MLflow at {args.mlflow} posts alias moves to {args.receiver_url}")
     return 0
@@ -160,6 +168,9 @@ def add_parsers(sub: argparse._SubParsersAction, port_type) -> None:
                     "artifacts, e.g. s3://bucket/slmops (AWS credentials from the usual environment variables or "
                     "profile; MLFLOW_S3_ENDPOINT_URL for an S3-compatible store). Clients upload and download "
                     "through the server. Default: mlartifacts/ under SLMOPS_HOME.")
+    up.add_argument("--results", metavar="S3_URI", help="s3://bucket/prefix where every flow run persists its "
+                    "Prefect results (an s3-bucket block of prefect-aws), so a retry or another worker finds them; "
+                    "the workers' AWS environment reaches the bucket (AWS_ENDPOINT_URL for an S3-compatible store).")
     up.add_argument("--bindings", metavar="FILE", help="Which targets follow which alias (default: "
                     "SLMOPS_BINDINGS or configs/bindings.yaml).")
     up.add_argument("--repo", metavar="DIR", help="Checkout with prefect.yaml (default: here, else the source).")
@@ -185,6 +196,9 @@ def add_parsers(sub: argparse._SubParsersAction, port_type) -> None:
                            "and locks), e.g. postgresql://user@db:5432/slmops_slmops: published as the Prefect "
                            "variable slmops_state_database (without a password) for commands that know only the "
                            "Prefect API; workers get it as SLMOPS_STATE_DATABASE.")
+    configure.add_argument("--results", metavar="S3_URI", help="s3://bucket/prefix for flow runs' Prefect results "
+                           "(saves the s3-bucket block slmops-results; give the workers PREFECT_RESULTS_PERSIST_BY_"
+                           "DEFAULT=true and PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=s3-bucket/slmops-results).")
     configure.add_argument("--pool", default="slmops-process", help="Work pool the deployments run in.")
     configure.add_argument("--pool-type", default="process", choices=("process", "kubernetes", "docker", "ecs"),
                            help="Type of that work pool (created if absent).")

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from infra import process
 from infra.platform.database import Databases, postgres_databases, sqlite_databases
 from infra.platform.receiver import PATH as RECEIVER_PATH
+from infra.platform.results import results_env, save_results_block
 from infra.platform.secrets import fernet_key_file, read_secret, webhook_secret_file
 from infra.platform.starter import socket_path
 from infra.platform.state import SERVICES, PlatformState, Service, load_state, probe
@@ -42,6 +43,8 @@ class UpOptions(BaseModel):
         None, description="Where the MLflow server keeps artifacts (s3://bucket/prefix, or any URI `mlflow server "
         "--artifacts-destination` takes), served to clients through the server itself so no worker needs the "
         "store's credentials or a shared disk; None: mlartifacts/ under SLMOPS_HOME.")
+    results: str | None = Field(None, description="s3://bucket/prefix where every flow run persists its Prefect "
+                                 "results (an s3-bucket block); None: results stay in the run's process.")
     prefect_port: int | None = None
     mlflow_port: int | None = None
     receiver_port: int | None = None
@@ -87,7 +90,8 @@ def service_specs(opts: UpOptions, db: Databases, ports: dict[str, int]) -> dict
     clients = {"PREFECT_API_URL": f"{prefect_url}/api", "MLFLOW_TRACKING_URI": mlflow_url}
     starter_socket = socket_path(home)
     flows_env = {**clients, STATE_DB_ENV: db.state, "SLMOPS_HOME": str(home), "SLMOPS_REPO": str(opts.repo),
-                 "SLMOPS_BINDINGS": str(opts.bindings), "SLMOPS_STARTER_SOCKET": str(starter_socket)}
+                 "SLMOPS_BINDINGS": str(opts.bindings), "SLMOPS_STARTER_SOCKET": str(starter_socket),
+                 **results_env(opts.results)}
     return {
         "prefect": ServiceSpec(
             args=["-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(ports["prefect"])],
@@ -163,7 +167,8 @@ def start_platform(opts: UpOptions, keep: dict[str, Service] | None = None) -> P
             process.stop_group(service.process)
         raise
     return PlatformState(home=str(home), database=db.shown, database_url=opts.database,
-                         artifacts_destination=opts.artifacts_destination, state_database=db.state,
+                         artifacts_destination=opts.artifacts_destination, results=opts.results,
+                         state_database=db.state,
                          prefect_api_url=f"{specs['prefect'].url}/api", mlflow_uri=specs["mlflow"].url,
                          receiver_url=f"{specs['receiver'].url}{RECEIVER_PATH}", bindings=str(opts.bindings),
                          repo=str(opts.repo), started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -179,12 +184,14 @@ def _spawn(name: str, spec: ServiceSpec, logs: Path) -> Service:
 def _configure(opts: UpOptions, specs: dict[str, ServiceSpec]) -> None:
     """Deployments (with schedules and triggers) and the MLflow webhook, once Prefect, MLflow and the receiver run."""
     configure(opts.repo if opts.apply_deployments else None, specs["worker"].env,
-              f"{specs['receiver'].url}{RECEIVER_PATH}", read_secret(webhook_secret_file(opts.home / "platform")))
+              f"{specs['receiver'].url}{RECEIVER_PATH}", read_secret(webhook_secret_file(opts.home / "platform")),
+              results=opts.results)
 
 
 def configure(repo: Path | None, env: dict[str, str], receiver_url: str, secret: str, pool: str = WORK_POOL,
-              pool_type: str = "process", job_variables: dict | None = None) -> None:
-    """Apply ``repo/prefect.yaml`` to the Prefect API in ``env`` and point MLflow's alias webhook at the receiver.
+              pool_type: str = "process", job_variables: dict | None = None, results: str | None = None) -> None:
+    """Apply ``repo/prefect.yaml`` to the Prefect API in ``env`` and point MLflow's alias webhook at the receiver;
+    with ``results`` (s3://bucket/prefix), save the block flow runs persist their results to.
 
     ``env`` holds ``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI``; the same step serves ``slmops up`` and a
     platform run elsewhere (compose, Kubernetes: ``slmops platform configure``).
@@ -193,6 +200,8 @@ def configure(repo: Path | None, env: dict[str, str], receiver_url: str, secret:
 
     from registry.webhooks import ensure_alias_webhook
 
+    if results:
+        save_results_block(env["PREFECT_API_URL"], results)
     if repo is not None:
         apply_deployments(repo, env, pool, pool_type, job_variables)
     ensure_alias_webhook(MlflowClient(env["MLFLOW_TRACKING_URI"]), receiver_url, secret)

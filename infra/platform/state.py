@@ -35,6 +35,8 @@ class PlatformState(BaseModel):
     database_url: str | None = Field(None, description="The --database URL (None: sqlite), to restart alike.")
     artifacts_destination: str | None = Field(None, description="The --artifacts-destination of the MLflow "
                                               "server (None: mlartifacts/ under home).")
+    results: str | None = Field(None, description="s3://bucket/prefix of flow runs' Prefect results (None: kept "
+                                "in the run's process).")
     state_database: str | None = Field(None, description="URL of slmops' state database (deployment records).")
     prefect_api_url: str
     mlflow_uri: str

@@ -67,6 +67,9 @@ class RecordedTarget:
     def _lock(self, name: str):
         return self.store.lock(name, self.cfg.lock_timeout_s)
 
+    def _reap(self, name: str, record: Deployment | None) -> None:
+        """Under ``name``'s lock: clean up after an earlier deploy that died midway (default: nothing to do)."""
+
     def record(self, name: str | None) -> Deployment:
         """The record of ``name`` (default: the configured name), or a DeployError listing what is deployed."""
         name = name or self.cfg.name or ""
@@ -80,7 +83,9 @@ class RecordedTarget:
         """Serve ``release`` under the deployment name (configured, else the model's); one deploy at a time."""
         name = self.cfg.name or release.name
         with self._lock(name):
-            return self._deploy(release, name, self.store.load(name))
+            record = self.store.load(name)
+            self._reap(name, record)
+            return self._deploy(release, name, record)
 
     def converge(self, name: str, wanted: Callable[[], str | None],
                  release_of: Callable[[str], ModelRelease]) -> Converged:
@@ -90,6 +95,7 @@ class RecordedTarget:
         with self._lock(name):
             version = wanted()
             record = self.store.load(name)
+            self._reap(name, record)
             status = self.probe(record) if record else None
             before = status.served_version if status else None
             if version is None or (status is not None and status.state == "up" and before == version):
@@ -102,6 +108,7 @@ class RecordedTarget:
         name = self.record(name).name  # fails at once, listing what exists
         with self._lock(name):
             record = self.record(name)  # read again under the lock: another deploy may have finished meanwhile
+            self._reap(name, record)
             if record.previous is None:
                 raise DeployError(f"{self.kind} deployment {name!r} has no previous version to roll back to")
             return self._deploy(record.previous, name, record)
@@ -111,6 +118,7 @@ class RecordedTarget:
         name = self.record(name).name
         with self._lock(name):
             record = self.record(name)
+            self._reap(name, record)
             self._teardown(record)
             self.store.delete(name)
 

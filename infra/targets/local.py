@@ -9,6 +9,7 @@ says what serves now.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -118,8 +119,8 @@ class LocalTarget(RecordedTarget):
                 "--capture-percent", str(self.cfg.capture_percent), "--capture-destination",
                 self.cfg.capture_destination, *trace_argv(self.cfg.trace_sample, release.model_id)]
         env = {} if self.cfg.api_key_env else {"SLMOPS_API_KEY": ""}
-        backend = Backend(process=process.start(args, log_file, env), url=f"http://127.0.0.1:{port}",
-                          version=release.version, log=str(log_file))
+        backend = Backend(process=self._started(name, process.start(args, log_file, env)),
+                          url=f"http://127.0.0.1:{port}", version=release.version, log=str(log_file))
         try:
             process.wait_healthy(f"{backend.url}/ping", backend.process, log_file, self.cfg.startup_timeout_s)
             self.verify(backend.url, release)
@@ -134,8 +135,8 @@ class LocalTarget(RecordedTarget):
     def _start_proxy(self, port: int, upstream: str, name: str) -> ProxyAdmin:
         token = secrets.token_urlsafe(24)
         log_file = self._logs(name) / f"proxy-{port}.log"
-        ref = process.start(["-m", "infra.serving.proxy", "--port", str(port), "--upstream", upstream], log_file,
-                            {"SLMOPS_PROXY_TOKEN": token})
+        ref = self._started(name, process.start(["-m", "infra.serving.proxy", "--port", str(port), "--upstream",
+                                                 upstream], log_file, {"SLMOPS_PROXY_TOKEN": token}))
         proxy = ProxyAdmin(process=ref, port=port, url=f"http://127.0.0.1:{port}", token=token, log=str(log_file))
         try:
             process.wait_healthy(f"{proxy.url}/ping", ref, log_file, self.cfg.startup_timeout_s)
@@ -168,6 +169,7 @@ class LocalTarget(RecordedTarget):
                 proxy.drain(old.backend.url, self.cfg.drain_timeout_s)
         except BaseException as exc:  # Ctrl-C too
             self._undo(old if reuse else None, started, backend)
+            self.store.forget_starts(name)
             if isinstance(exc, SlmopsError):
                 raise DeployError(f"deploying {release.ref} failed: {exc}; {self._serving(old)}") from None
             raise
@@ -176,9 +178,32 @@ class LocalTarget(RecordedTarget):
                                 details=LocalDetails(backend=backend, proxy=proxy,
                                                      api_key_env=self.cfg.api_key_env).model_dump())
         self.store.save(deployment)
+        self.store.forget_starts(name)
         if old is not None:
             self._retire(old, keep_proxy=reuse)
         return deployment
+
+    def _started(self, name: str, ref: ProcessRef) -> ProcessRef:
+        """Note ``ref`` in the state database before waiting on it: if this deploy is killed, the next one stops
+        it (``_reap``)."""
+        self.store.note_start(name, ref.pid, ref.model_dump_json())
+        return ref
+
+    def _reap(self, name: str, record: Deployment | None) -> None:
+        """Stop what a deploy killed midway started and never recorded (each only if it still is that process)."""
+        notes = self.store.starts(name)
+        if not notes:
+            return
+        recorded = set()
+        if record is not None:
+            with contextlib.suppress(DeployError):
+                parts = self.details(record)
+                recorded = {parts.proxy.process.pid, parts.backend.process.pid}
+        for note in notes:
+            ref = ProcessRef.model_validate_json(note)
+            if ref.pid not in recorded and process.stop(ref) is Liveness.RUNNING:
+                log.warning("stopped pid %s, left running by a deploy of %r that did not finish", ref.pid, name)
+        self.store.forget_starts(name)
 
     def _undo(self, switched: LocalDetails | None, started: ProxyAdmin | None, backend: Backend) -> None:
         """Route the old proxy back to the old version, then stop what this deploy started."""

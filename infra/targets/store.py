@@ -109,7 +109,7 @@ def shown_url(url: str) -> str:
     return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
-def _engine(url: str) -> Any:
+def state_engine(url: str) -> Any:
     """One engine per database URL in this process, its schema migrated once (alembic, under a lock)."""
     with _guard:
         if url not in _engines:
@@ -138,7 +138,7 @@ def _migrate(engine: Any) -> None:
     with _file_lock(Path(engine.url.database).with_suffix(".migrate.lock")) if engine.url.get_backend_name() == \
             "sqlite" else contextlib.nullcontext(), engine.begin() as conn:
         if conn.dialect.name == "postgresql":  # two workers starting at once migrate one after the other
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key("migrate")})
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key("migrate")})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
@@ -154,13 +154,15 @@ def _file_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _lock_key(text: str) -> int:
+def lock_key(text: str) -> int:
     """A signed 64-bit PostgreSQL advisory-lock key for ``text``."""
     return int.from_bytes(hashlib.sha256(f"slmops:{text}".encode()).digest()[:8], "big", signed=True)
 
 
 _DEPLOYMENTS = sa.table("deployments", sa.column("target"), sa.column("name"), sa.column("record"),
                         sa.column("revision"), sa.column("updated_at"))
+_STARTS = sa.table("deployment_starts", sa.column("target"), sa.column("name"), sa.column("pid"),
+                   sa.column("process"), sa.column("since"))
 _LOCKS = sa.table("deployment_locks", sa.column("target"), sa.column("name"), sa.column("holder"),
                   sa.column("since"))
 
@@ -174,7 +176,7 @@ class DeploymentStore:
     def __init__(self, root: Path, target: str, url: str | None = None):
         self.root, self.target = Path(root), target
         self.url = url or state_database(root)
-        self.engine = _engine(self.url)
+        self.engine = state_engine(self.url)
         self._import_json()
 
     def where(self) -> str:
@@ -212,6 +214,29 @@ class DeploymentStore:
                                 .order_by(_DEPLOYMENTS.c.name)).all()
         return [Deployment.model_validate_json(r[0]) for r in rows]
 
+    def note_start(self, name: str, pid: int, process: str) -> None:
+        """Remember a process a deploy of ``name`` started (``process``: its identity as JSON) until the deploy
+        records or stops it, so that a deploy killed midway leaves it for the next one to stop."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(_STARTS).where(_STARTS.c.target == self.target, _STARTS.c.name == name,
+                                                  _STARTS.c.pid == pid))
+            conn.execute(sa.insert(_STARTS).values(target=self.target, name=name, pid=pid, process=process,
+                                                   since=now()))
+
+    def forget_starts(self, name: str, pids: list[int] | None = None) -> None:
+        """Drop the notes of ``pids`` (default: all of ``name``'s)."""
+        where = [_STARTS.c.target == self.target, _STARTS.c.name == name]
+        if pids is not None:
+            where.append(_STARTS.c.pid.in_(pids))
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(_STARTS).where(*where))
+
+    def starts(self, name: str) -> list[str]:
+        """The identities (JSON) of the processes noted for ``name``."""
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(sa.select(_STARTS.c.process).where(
+                _STARTS.c.target == self.target, _STARTS.c.name == name).order_by(_STARTS.c.since)).all()]
+
     @contextlib.contextmanager
     def lock(self, name: str, timeout_s: float) -> Iterator[None]:
         """Hold deployment ``name`` for one deploy, rollback or undeploy: wait up to ``timeout_s`` for a holder to
@@ -231,7 +256,7 @@ class DeploymentStore:
 
     @contextlib.contextmanager
     def _advisory_lock(self, name: str, timeout_s: float, holder: str) -> Iterator[None]:
-        key = _lock_key(f"deploy:{self.target}/{name}")
+        key = lock_key(f"deploy:{self.target}/{name}")
         where = (_LOCKS.c.target == self.target, _LOCKS.c.name == name)
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             deadline, waiting = time.monotonic() + timeout_s, False

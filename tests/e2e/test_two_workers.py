@@ -165,8 +165,10 @@ def test_two_workers_act_as_one(two_workers, tmp_path: Path) -> None:
         run = run_deployment(plat, "reconcile")
         wait_for(lambda: run_state(plat, run) in ("COMPLETED", "FAILED", "CRASHED"), 300, "reconcile after the kill")
         assert run_state(plat, run) == "COMPLETED" and served_version(port) == new
+        assert orphans(plat) == [], "the killed deploy's backend outlived the reconcile"
     finally:
-        stop_orphans(plat)
+        for pid in orphans(plat):
+            os.kill(pid, 15)
 
 
 def children(parent: int) -> list[int]:
@@ -182,9 +184,8 @@ def children(parent: int) -> list[int]:
     return found
 
 
-def stop_orphans(plat: Platform) -> None:
-    """Stop servers of this test's model that the killed deploy started and no record holds (found by their
-    command line; the recorded ones stop with the platform)."""
+def orphans(plat: Platform) -> list[int]:
+    """Servers of this test's model that no record holds (found by their command line)."""
     engine = sqlalchemy.create_engine(plat.state.state_database)
     with engine.connect() as conn:
         record = json.loads(conn.execute(sqlalchemy.text(
@@ -192,6 +193,7 @@ def stop_orphans(plat: Platform) -> None:
     engine.dispose()
     kept = {part["process"]["pid"] for part in (record["details"].get("backend"), record["details"].get("proxy"))
             if part}
+    found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             argv = cmdline.read_bytes().split(b"\0")
@@ -199,4 +201,5 @@ def stop_orphans(plat: Platform) -> None:
             continue
         pid = int(cmdline.parent.name)
         if b"infra.serving" in argv and MODEL.encode() in argv and pid not in kept:
-            os.kill(pid, 15)
+            found.append(pid)
+    return found

@@ -257,3 +257,28 @@ def test_undeploy_leaves_processes_that_reused_recorded_pids_alone(tmp_path: Pat
         for s in strangers:
             s.kill()
             s.wait()
+
+
+def test_a_deploy_killed_midway_leaves_no_process_the_next_deploy_does_not_stop(harness: Harness) -> None:
+    """A worker killed (SIGKILL) while its new backend starts leaves that backend running and unrecorded; the next
+    deploy of the name stops it, from the note the killed deploy wrote in the state database."""
+    script = ("import sys; from pathlib import Path; from infra.targets.config import LocalTargetConfig; "
+              "from infra.targets.local import LocalTarget; from tasks.records import ModelRelease; "
+              "LocalTarget(LocalTargetConfig(port=int(sys.argv[1]), startup_timeout_s=60), Path(sys.argv[2]))"
+              ".deploy(ModelRelease(name='tiny-slm', version='1', onnx_dir=sys.argv[3]))")
+    worker = subprocess.Popen([os.sys.executable, "-c", script, str(harness.port), str(harness.root),
+                               str(harness.model)], cwd=Path(__file__).resolve().parents[2])
+    store = harness.target().store
+    deadline = time.monotonic() + 60
+    while not store.starts("tiny-slm") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.starts("tiny-slm"), "the deploy never noted its backend"
+    worker.kill()
+    worker.wait()
+    orphan = ProcessRef.model_validate_json(store.starts("tiny-slm")[0])
+    assert orphan.liveness() is process.Liveness.RUNNING and store.load("tiny-slm") is None
+
+    record = harness.target().deploy(harness.release("2"))
+    assert orphan.liveness() is process.Liveness.GONE
+    assert processes(str(harness.model)) == [harness.target().details(record).backend.process.pid]
+    assert store.starts("tiny-slm") == []
