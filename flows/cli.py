@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from flows import batch_cli, config_cli, deploy_cli, import_cli, pipeline_cli, platform_cli, registry_cli
+from flows import batch_cli, config_cli, deploy_cli, fleet_cli, import_cli, pipeline_cli, platform_cli, registry_cli
 from flows.console import setup_console_logging
 from flows.deploy_cli import TARGET_NAMES
 from tasks.errors import SlmopsError
@@ -36,6 +36,8 @@ EPILOG = """examples:
   slmops run --config configs/smollm2.yaml
   slmops config check --config configs/demo.yaml --set finetune.alpha=32
   slmops config docs --write                    # regenerate docs/configuration.md
+  slmops fleet status                           # edge fleets: waves, classes, failures
+  slmops fleet simulate --devices 1000 --scenario bad-quality --json
 """
 
 
@@ -165,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     import_cli.add_parser(sub)
     platform_cli.add_parsers(sub, port_number)
+    fleet_cli.add_parser(sub, port_number)
 
     config = sub.add_parser("config", help="Configuration utilities.")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
@@ -184,6 +187,7 @@ COMMANDS = {"train": pipeline_cli.cmd_train, "run": pipeline_cli.cmd_run, "demo"
             "deploy": deploy_cli.cmd_deploy, "status": deploy_cli.cmd_status, "undeploy": deploy_cli.cmd_undeploy,
             "deploy-rollback": deploy_cli.cmd_deploy_rollback, "invoke": deploy_cli.cmd_invoke,
             "batch": batch_cli.cmd_batch, "import": import_cli.cmd_import,
+            "fleet": fleet_cli.cmd_fleet,
             "up": platform_cli.cmd_up, "down": platform_cli.cmd_down, "platform": platform_cli.cmd_platform}
 PLATFORM_COMMANDS = {"up", "down", "platform"}  # these manage the platform, the others use it when it is up
 

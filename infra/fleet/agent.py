@@ -210,16 +210,24 @@ class Agent:
         except Exception as exc:
             raise ApplyFailed("load", f"loading {variant.kind} failed: {exc}") from None
         try:
-            probe = await self.runtime.probe(loaded, [g.prompt for g in release.golden])
+            prompts = [g.prompt for g in release.golden]
+            if hasattr(self.runtime, "probe_pair"):  # measured beside what serves, under the same load
+                probe, measured = await self.runtime.probe_pair(loaded, prompts)
+            else:
+                probe, measured = await self.runtime.probe(loaded, prompts), None
             for golden, answer in zip(release.golden, probe.answers, strict=True):
                 if not answer.strip() or (golden.expect is not None and golden.expect not in answer):
                     raise ApplyFailed("golden", f"golden prompt {golden.prompt!r} answered {answer[:80]!r}"
                                       + (f", expected {golden.expect!r}" if golden.expect else ""), True)
-            before = self.state["figures"].get(self.running.digest or "")
+            before = ({"ttft_ms": measured.ttft_ms, "tokens_per_s": measured.tokens_per_s} if measured else
+                      self.state["figures"].get(self.running.digest or ""))
             if before:
                 ttft_up = 100 * (probe.ttft_ms / before["ttft_ms"] - 1)
                 tps_down = 100 * (1 - probe.tokens_per_s / before["tokens_per_s"])
-                if ttft_up > desired.max_ttft_regression or tps_down > desired.max_tps_regression:
+                slower_ms = probe.ttft_ms - before["ttft_ms"]
+                per_token_ms = 1000 / max(probe.tokens_per_s, 1e-9) - 1000 / before["tokens_per_s"]
+                if (ttft_up > desired.max_ttft_regression and slower_ms > desired.latency_slack_ms) or \
+                        (tps_down > desired.max_tps_regression and per_token_ms > desired.latency_slack_ms / 10):
                     raise ApplyFailed("latency", f"TTFT {probe.ttft_ms:.0f} ms ({ttft_up:+.0f}%), "
                                       f"{probe.tokens_per_s:.1f} tokens/s ({-tps_down:+.0f}%) against this "
                                       f"device's previous version", True)

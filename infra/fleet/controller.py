@@ -354,7 +354,8 @@ class Controller:
                        next_poll_s=r.policy.poll_s)
         go = Desired(rollout_id=r.id, release=r.release, variant=pick(r.release), next_poll_s=r.policy.poll_s,
                      max_ttft_regression=r.policy.max_ttft_regression,
-                     max_tps_regression=r.policy.max_tps_regression, apply_timeout_s=r.policy.apply_timeout_s)
+                     max_tps_regression=r.policy.max_tps_regression, apply_timeout_s=r.policy.apply_timeout_s,
+                     latency_slack_ms=r.policy.latency_slack_ms)
         where = (TARGETS.c.rollout_id == r.id, TARGETS.c.device_id == device_id)
         row = conn.execute(sa.select(TARGETS).where(*where)).first()
         state = row.state if row is not None else "pending"
@@ -370,6 +371,8 @@ class Controller:
             return stay
         if r.state not in ("running", "done"):
             return stay
+        if row is not None and row.done_at is not None and self.clock() - row.done_at < r.policy.poll_s:
+            return stay  # a retry waits one poll interval (a failing device does not spin)
         wave = self.plan(conn, r, device_id).waves.get(device_id)
         if wave is None or (r.state == "running" and wave > r.wave):
             return stay

@@ -126,6 +126,9 @@ class RolloutPolicy(StageConfig):
                                        "above that device's previous version.")
     max_tps_regression: float = Field(25.0, ge=0, description="Health: tokens/s at most this % below that "
                                       "device's previous version.")
+    latency_slack_ms: float = Field(20.0, ge=0, description="A latency regression counts only when it is also "
+                                    "this many ms (TTFT) or a tenth of it per token (decode): timer noise on a fast "
+                                    "device is no regression.")
     poll_s: float = Field(60.0, gt=0, description="How often agents poll (each with ±50% jitter).")
 
     @field_validator("waves")
@@ -170,6 +173,7 @@ class Desired(BaseModel):
     max_ttft_regression: float = 25.0
     max_tps_regression: float = 25.0
     apply_timeout_s: float = 900.0
+    latency_slack_ms: float = 20.0
     next_poll_s: float = 60.0
 
 

@@ -100,32 +100,44 @@ class LocalServerRuntime:
         return LocalLoaded(release=release, variant=variant, ref=ref, url=url)
 
     async def probe(self, loaded: LocalLoaded, prompts: list[str]) -> Probe:
-        answers, ttfts, rates = [], [], []
+        return (await self.probe_pair(loaded, prompts))[0]
+
+    async def probe_pair(self, loaded: LocalLoaded, prompts: list[str]) -> tuple[Probe, Probe | None]:
+        """The golden prompts on ``loaded``, then the latency probe on it and on what serves now, interleaved
+        (median of 3 each), so that both are measured under the same load."""
         async with httpx.AsyncClient(timeout=120) as client:
-            for prompt in prompts + prompts[:1] * 2:  # the golden prompts, then the latency probe repeats one
-                began = time.perf_counter()
-                first, pieces = None, []
-                async with client.stream("POST", f"{loaded.url}/v1/chat/completions", json={
-                        "model": loaded.release.model, "max_tokens": 16, "temperature": 0, "stream": True,
-                        "messages": [{"role": "user", "content": prompt}]}) as answer:
-                    answer.raise_for_status()
-                    async for line in answer.aiter_lines():
-                        if not line.startswith("data: ") or line == "data: [DONE]":
-                            continue
-                        delta = json.loads(line[6:])["choices"][0].get("delta", {}).get("content")
-                        if delta:
-                            first = first or time.perf_counter()
-                            pieces.append(delta)
-                end = time.perf_counter()
-                if len(answers) < len(prompts):
-                    answers.append("".join(pieces))
-                if first is not None:
-                    ttfts.append(1000 * (first - began))
-                    rates.append(len(pieces) / max(end - first, 1e-3))
-        ttfts.sort()
-        rates.sort()
-        return Probe(answers=answers, ttft_ms=ttfts[len(ttfts) // 2] if ttfts else 0.0,
-                     tokens_per_s=rates[len(rates) // 2] if rates else 0.0)
+            answers = [(await self._ask(client, loaded, p))[0] for p in prompts]
+            await self._ask(client, loaded, prompts[0])  # warm-up
+            new, old = [], []
+            for _ in range(3):
+                new.append(await self._ask(client, loaded, prompts[0]))
+                if self.current is not None:
+                    old.append(await self._ask(client, self.current, prompts[0]))
+
+        def median(samples: list[tuple[str, float, float]]) -> Probe:
+            return Probe(answers=answers, ttft_ms=sorted(s[1] for s in samples)[len(samples) // 2],
+                         tokens_per_s=sorted(s[2] for s in samples)[len(samples) // 2])
+        return median(new), median(old) if old else None
+
+    async def _ask(self, client: httpx.AsyncClient, loaded: LocalLoaded, prompt: str) -> tuple[str, float, float]:
+        """(answer, TTFT ms, tokens/s) of one streamed greedy answer of up to 32 tokens."""
+        began = time.perf_counter()
+        first, pieces = None, []
+        async with client.stream("POST", f"{loaded.url}/v1/chat/completions", json={
+                "model": loaded.release.model, "max_tokens": 32, "temperature": 0, "stream": True,
+                "messages": [{"role": "user", "content": prompt}]}) as answer:
+            answer.raise_for_status()
+            async for line in answer.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                delta = json.loads(line[6:])["choices"][0].get("delta", {}).get("content")
+                if delta:
+                    first = first or time.perf_counter()
+                    pieces.append(delta)
+        end = time.perf_counter()
+        if first is None:
+            return "", 1000 * (end - began), 0.0
+        return "".join(pieces), 1000 * (first - began), len(pieces) / max(end - first, 1e-3)
 
     async def switch(self, loaded: LocalLoaded) -> None:
         old, self.current = self.current, loaded

@@ -33,6 +33,7 @@ from infra.fleet.controller import TARGETS, Controller
 from infra.fleet.models import GoldenPrompt, Release, RolloutPolicy, Variant, VariantPolicy
 from infra.fleet.runtimes import LocalServerRuntime, Profile, SimRuntime, hardware_class, pack_served_folder
 from infra.fleet.server import Egress, create_fleet_app
+from tasks.errors import ConfigError
 
 SCENARIOS = ("healthy", "bad-quality", "oom", "offline", "slow", "flaky-download")
 FAULTY_CLASS = "arm64"  # the class bad-quality, oom and slow hit
@@ -47,6 +48,13 @@ PROFILES = {  # memory MB range, TTFT ms, tokens/s, load s
     "cpu-avx2": ((4096, 16384), 120.0, 40.0, 6.0), "cpu-avx512": ((8192, 32768), 90.0, 60.0, 5.0),
     "arm64": ((768, 2048), 220.0, 18.0, 9.0), "gpu": ((8192, 32768), 25.0, 180.0, 4.0),
     "npu": ((4096, 8192), 60.0, 70.0, 7.0)}
+
+
+def default_policy(devices: int) -> RolloutPolicy:
+    """The simulator's rollout policy: canary 2 per class, waves 10/30/60/100 %, budget devices/20 (at least 5)."""
+    return RolloutPolicy(canary=2, waves=[10, 30, 60, 100], max_concurrent=max(5, devices // 20), poll_s=60,
+                         offline_after_s=180, wave_timeout_s=1800, halt_failures=3, min_devices=5, halt_percent=20,
+                         retries=1)
 
 
 class VirtualSelector(selectors.DefaultSelector):
@@ -171,15 +179,14 @@ class Simulation:
                  scale: float = 20.0, work: Path | None = None, policy: RolloutPolicy | None = None,
                  egress_bytes_per_s: float = 4e6, max_sim_s: float = 6 * 3600):
         if scenario not in SCENARIOS:
-            raise ValueError(f"unknown scenario {scenario!r}; scenarios: {', '.join(SCENARIOS)}")
+            raise ConfigError(f"unknown scenario {scenario!r}; scenarios: {', '.join(SCENARIOS)}")
         if real and real_model is None:
-            raise ValueError("--real needs --real-model DIR (a served onnxruntime-genai folder)")
+            raise ConfigError("--real needs --real-model DIR (a served onnxruntime-genai folder)")
         self.n, self.seed, self.scenario, self.real, self.real_model = devices, seed, scenario, real, real_model
         self.scale, self.egress_rate, self.max_sim_s = scale, egress_bytes_per_s, max_sim_s
+        self.own_work = work is None
         self.work = Path(work or tempfile.mkdtemp(prefix="slmops-fleet-sim-"))
-        self.policy = policy or RolloutPolicy(canary=2, waves=[10, 30, 60, 100], max_concurrent=max(5, devices // 20),
-                                              poll_s=60, offline_after_s=180, wave_timeout_s=1800,
-                                              halt_failures=3, min_devices=5, halt_percent=20, retries=1)
+        self.policy = policy or default_policy(devices)
         self.clock: Any = ScaledClock(scale) if real else LoopClock()
         self.applying = 0
         self.max_applying = 0
@@ -190,14 +197,18 @@ class Simulation:
     def run(self) -> dict[str, Any]:
         """Run to the end; the JSON summary."""
         began = time.perf_counter()
-        if self.real:
-            result = asyncio.run(self._run())
-        else:
-            loop = VirtualLoop()
-            try:
-                result = loop.run_until_complete(self._run())
-            finally:
-                loop.close()
+        try:
+            if self.real:
+                result = asyncio.run(self._run())
+            else:
+                loop = VirtualLoop()
+                try:
+                    result = loop.run_until_complete(self._run())
+                finally:
+                    loop.close()
+        finally:
+            if self.own_work:
+                shutil.rmtree(self.work, ignore_errors=True)
         result["wall_s"] = round(time.perf_counter() - began, 2)
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         result["controller_rps_wall"] = round(result["controller_requests"] / max(result["wall_s"], 1e-9), 1)
@@ -287,8 +298,9 @@ class Simulation:
                 if d.real and d.runtime is not None:
                     d.runtime.close()
             if server is not None:
-                server.should_exit = True
                 await real_client.aclose()
+                server.should_exit = True
+                await self._serving
             await client.aclose()
 
     async def _serve(self, app: Any) -> tuple[Any, httpx.AsyncClient]:
@@ -298,7 +310,7 @@ class Simulation:
 
         port = process.free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        asyncio.get_running_loop().create_task(server.serve())
+        self._serving = asyncio.get_running_loop().create_task(server.serve())
         while not server.started:
             await asyncio.sleep(0.05)
         return server, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=None)
@@ -401,6 +413,13 @@ class Simulation:
             if times:
                 converged.append(max(times) - start)
         returned = [d for d in devices if d.returned]
+        classes: dict[str, dict[str, int]] = {}
+        for d in devices:
+            if d.selected:
+                c = classes.setdefault(d.spec["hw_class"], {"selected": 0, "updated": 0, "failed": 0})
+                c["selected"] += 1
+                c["updated"] += d.agent.running.version == "2"
+                c["failed"] += rows[d.id].state == "failed" if d.id in rows else 0
         log = sorted((t, ("real:" if by_id[dev].real else "") + dev, what)
                      for dev in by_id for t, what in by_id[dev].agent.stats.events)
         return {
@@ -417,6 +436,9 @@ class Simulation:
             "halted_class_still_new": sum(1 for d in devices if d.spec["hw_class"] in halted and
                                           d.agent.running.version == "2"),
             "failed": sum(t.state == "failed" for t in rows.values()),
+            "classes": dict(sorted(classes.items())),
+            "failures": [{"device": t.device_id, "hw_class": t.hw_class, "failure": t.failure, "reason": t.reason}
+                         for t in rows.values() if t.state == "failed"][:20],
             "max_concurrent": self.max_applying, "budget": self.policy.max_concurrent,
             "canary": self.policy.canary,
             "outside_selector_touched": touched, "wrong_variant": wrong, "downloads_without_fit": without_fit,
