@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from infra.platform.bindings import FleetBinding
 from infra.targets.config import DeployConfig
 from tasks.batch.config import BatchConfig
 from tasks.config import PipelineConfig
@@ -50,6 +51,7 @@ made locally on first use.
 - [Batch transform](#batch-transform): `slmops batch --set`, the `config` parameter of `batch_transform`.
 - [Deploy targets](#deploy-targets): `slmops deploy --target T --set`, and `target:` of a binding in
   `configs/bindings.yaml`.
+- [Fleets](#fleets): `fleets:` in `configs/bindings.yaml` (waves, thresholds, budget, variants per class).
 - [Environment](#environment): `SLMOPS_*` variables and the others slmops reads.
 """
 
@@ -185,6 +187,10 @@ def _value(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, Path | str):
         return str(value) if str(value) else '""'
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, list):
+        value = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
     if isinstance(value, list | dict):
         return yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False).strip()
     return str(value)
@@ -237,10 +243,12 @@ def groups() -> list[tuple[str, list[Section]]]:
     return [("Pipeline", list(model_sections(PipelineConfig))),
             ("Batch transform", list(model_sections(BatchConfig))),
             ("Deploy targets", list(target_sections())),
+            ("Fleets", list(model_sections(FleetBinding, "fleets[]"))),
             ("Environment", [environment_section()])]
 
 
-GROUP_TEXT = {"Deploy targets": "`--target` picks the table; every option is a `--set KEY=VALUE`."}
+GROUP_TEXT = {"Deploy targets": "`--target` picks the table; every option is a `--set KEY=VALUE`.",
+              "Fleets": "Each entry of `fleets:` in `configs/bindings.yaml` ([fleets](fleets.md))."}
 
 
 def render() -> str:

@@ -132,16 +132,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    import uvicorn
+    from infra.fleet.serve import serve
 
-    from infra.fleet.releases import artifacts_dir
-    from infra.fleet.server import Egress, create_fleet_app
-
-    ctl = _controller()
-    egress = Egress(args.egress_mb_s * 1e6 if args.egress_mb_s else None, ctl.clock)
-    app = create_fleet_app(ctl, artifacts_dir(get_settings().root), egress)
-    print(f"fleet controller on http://{args.host}:{args.port} (state: {ctl.engine.url.render_as_string()})")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    serve(get_settings().root, args.host, args.port, args.egress_mb_s * 1e6 if args.egress_mb_s else None)
     return 0
 
 

@@ -79,7 +79,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                                      or (current.artifacts_destination if current else None),
                                      results=args.results or (current.results if current else None),
                                      prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
-                                     receiver_port=args.receiver_port), keep)
+                                     receiver_port=args.receiver_port, fleet_port=args.fleet_port), keep)
     save_state(state)
     print("the platform is up:")
     _print_urls(state, platform_health(state))
@@ -90,7 +90,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def _print_urls(state, health: dict[str, str]) -> None:
     ui = state.prefect_api_url.removesuffix("/api")
     rows = [("prefect", f"{ui}  (UI and API {state.prefect_api_url})"), ("mlflow", state.mlflow_uri),
-            ("receiver", state.receiver_url),
+            ("receiver", state.receiver_url), ("fleet", state.fleet_url or "-"),
             ("starter", state.services["starter"].health if "starter" in state.services else "-"),
             ("worker", "pool slmops-process")]
     for name, where in rows:
@@ -174,7 +174,7 @@ def add_parsers(sub: argparse._SubParsersAction, port_type) -> None:
     up.add_argument("--bindings", metavar="FILE", help="Which targets follow which alias (default: "
                     "SLMOPS_BINDINGS or configs/bindings.yaml).")
     up.add_argument("--repo", metavar="DIR", help="Checkout with prefect.yaml (default: here, else the source).")
-    for name in ("prefect", "mlflow", "receiver"):
+    for name in ("prefect", "mlflow", "receiver", "fleet"):
         up.add_argument(f"--{name}-port", type=port_type, help=f"Port of the {name} (default: a free one, the "
                         "previous one when free).")
     sub.add_parser("down", help="Stop exactly what `slmops up` started (identity-checked), and forget it.")

@@ -35,7 +35,8 @@ from infra.targets.store import lock_key, state_engine
 from tasks.errors import SlmopsError
 
 DEVICES = sa.table("fleet_devices", *(sa.column(c) for c in (
-    "id", "spec", "token_hash", "hw_class", "enrolled_at", "last_seen", "heartbeat", "failures", "penalty")))
+    "id", "spec", "token_hash", "hw_class", "enrolled_at", "last_seen", "due", "heartbeat", "failures",
+    "penalty")))
 TOKENS = sa.table("fleet_tokens", *(sa.column(c) for c in ("token_hash", "labels", "uses_left", "expires_at")))
 ROLLOUTS = sa.table("fleet_rollouts", *(sa.column(c) for c in (
     "id", "fleet", "model", "alias", "release", "previous", "selector", "policy", "variants", "state", "wave",
@@ -112,9 +113,11 @@ class Plan(BaseModel):
 class Controller:
     """The fleet's state of record and its rules. ``clock`` gives seconds (the simulator passes its own)."""
 
-    def __init__(self, url: str, clock: Callable[[], float] = time.time, idle_poll_s: float = 60.0):
+    def __init__(self, url: str, clock: Callable[[], float] = time.time,
+                 idle_poll_s: float | Callable[[dict[str, str]], float] = 60.0):
         self.engine = state_engine(url)
-        self.clock, self.idle_poll_s = clock, idle_poll_s
+        self.clock = clock
+        self.idle_poll_s = idle_poll_s if callable(idle_poll_s) else lambda labels: idle_poll_s
         self._plans: dict[int, Plan] = {}
         self._guard = threading.Lock()
         self.requests = 0
@@ -145,7 +148,8 @@ class Controller:
             now = self.clock()
             conn.execute(sa.insert(DEVICES).values(id=device_id, spec=spec.model_dump_json(),
                                                    token_hash=digest(device_token), hw_class=spec.hw_class,
-                                                   enrolled_at=now, last_seen=now, failures=0, penalty=False))
+                                                   enrolled_at=now, last_seen=now, due=now + 90, failures=0,
+                                                   penalty=False))
         self._plans.clear()
         return device_id, device_token
 
@@ -303,9 +307,15 @@ class Controller:
         """Record the heartbeat and answer what the device should run."""
         self.requests += 1
         with self._guard, self.engine.begin() as conn:
-            conn.execute(sa.update(DEVICES).where(DEVICES.c.id == device_id)
-                         .values(last_seen=self.clock(), heartbeat=beat.model_dump_json()))
-            return self._desired(conn, device_id, beat)
+            desired = self._desired(conn, device_id, beat)
+            self._seen(conn, device_id, desired, heartbeat=beat.model_dump_json())
+            return desired
+
+    def _seen(self, conn: Any, device_id: str, desired: Desired, **values: Any) -> None:
+        """The device was heard from now, and was told to poll again within 1.5 × next_poll_s (the jitter)."""
+        now = self.clock()
+        conn.execute(sa.update(DEVICES).where(DEVICES.c.id == device_id)
+                     .values(last_seen=now, due=now + 1.5 * desired.next_poll_s, **values))
 
     def report(self, device_id: str, report: Report) -> Desired:
         """Record what a device did with its desired state; answer what it should run now."""
@@ -316,7 +326,6 @@ class Controller:
             where = (TARGETS.c.rollout_id == r.id, TARGETS.c.device_id == device_id)
             row = conn.execute(sa.select(TARGETS).where(*where)).first()
             now = self.clock()
-            conn.execute(sa.update(DEVICES).where(DEVICES.c.id == device_id).values(last_seen=now))
             if row is not None:
                 values: dict[str, Any] = {"done_at": now}
                 if report.loaded_new:
@@ -335,7 +344,9 @@ class Controller:
                     conn.execute(sa.update(DEVICES).where(DEVICES.c.id == device_id)
                                  .values(failures=failures, penalty=penalty))
                 conn.execute(sa.update(TARGETS).where(*where).values(**values))
-            return self._desired(conn, device_id, None)
+            desired = self._desired(conn, device_id, None)
+            self._seen(conn, device_id, desired)
+            return desired
 
     def rollout_in(self, conn: Any, rollout_id: int) -> Rollout:
         row = conn.execute(sa.select(ROLLOUTS).where(ROLLOUTS.c.id == rollout_id)).first()
@@ -348,7 +359,7 @@ class Controller:
         spec = DeviceSpec.model_validate_json(device.spec)
         r = self._rollout_for(conn, spec.labels)
         if r is None:
-            return Desired(next_poll_s=self.idle_poll_s)
+            return Desired(next_poll_s=self.idle_poll_s(spec.labels))
         pick = lambda release: r.variants.pick(spec.hw_class, spec.runtime, release)  # noqa: E731
         stay = Desired(rollout_id=r.id, release=r.previous, variant=pick(r.previous) if r.previous else None,
                        next_poll_s=r.policy.poll_s)
@@ -406,12 +417,13 @@ class Controller:
                 return r
             now, p = self.clock(), r.policy
             plan = self.plan(conn, r)
-            seen = {row.id: (row.last_seen, bool(row.penalty)) for row in conn.execute(
-                sa.select(DEVICES.c.id, DEVICES.c.last_seen, DEVICES.c.penalty)).all()}
-            offline = {d for d, (last, _) in seen.items() if now - last > p.offline_after_s}
+            seen = {row.id: (row.due, bool(row.penalty)) for row in conn.execute(
+                sa.select(DEVICES.c.id, DEVICES.c.due, DEVICES.c.penalty)).all()}
+            offline = {d for d, (due, _) in seen.items() if now - due > p.offline_after_s}
             rows = conn.execute(sa.select(TARGETS).where(TARGETS.c.rollout_id == r.id)).all()
             silent = p.apply_timeout_s + p.offline_after_s
             stale = [t.device_id for t in rows if t.state == UPDATING and now - seen[t.device_id][0] > silent]
+            # (an updating device does not poll until it reports: it may be silent for apply_timeout_s)
             if stale:  # an offline device holds no slot and is no failure; it updates when it comes back
                 conn.execute(sa.update(TARGETS).where(TARGETS.c.rollout_id == r.id,
                                                       TARGETS.c.device_id.in_(stale))
@@ -494,7 +506,7 @@ class Controller:
                     c["updating"] += state == UPDATING
                     c["failed"] += state == "failed"
                     c["rolled_back"] += state == "rolled-back"
-                    c["offline"] += now - d.last_seen > r.policy.offline_after_s
+                    c["offline"] += now - d.due > r.policy.offline_after_s
                     c["penalty"] += bool(d.penalty)
                     running = json.loads(d.heartbeat)["running"] if d.heartbeat else {}
                     version = running.get("version") or "none"

@@ -14,7 +14,7 @@ def status_markdown(status: dict[str, Any]) -> str:
              "| class | devices | updated | updating | failed | rolled back | offline | versions | variants | "
              "halted |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in status["classes"].items():
-        versions = ", ".join(f"v{k}: {n}" for k, n in sorted(c["versions"].items()))
+        versions = ", ".join(f"{'v' + k if k != 'none' else 'none'}: {n}" for k, n in sorted(c["versions"].items()))
         variants = ", ".join(f"{k}: {n}" for k, n in sorted(c["variants"].items()))
         lines.append(f"| {name} | {c['devices']} | {c['updated']} | {c['updating']} | {c['failed']} | "
                      f"{c['rolled_back']} | {c['offline']} | {versions} | {variants} | {c['halted'] or ''} |")

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from infra.fleet.agent import Agent, enroll
 from infra.fleet.controller import TARGETS, Controller
-from infra.fleet.models import GoldenPrompt, Release, RolloutPolicy, Variant, VariantPolicy
+from infra.fleet.models import DeviceSpec, GoldenPrompt, Release, RolloutPolicy, Variant, VariantPolicy
 from infra.fleet.runtimes import LocalServerRuntime, Profile, SimRuntime, hardware_class, pack_served_folder
 from infra.fleet.server import Egress, create_fleet_app
 from tasks.errors import ConfigError
@@ -274,8 +274,6 @@ class Simulation:
         offline_rng = random.Random(f"{self.seed}:offline")
         try:
             for d in devices:
-                from infra.fleet.models import DeviceSpec
-
                 spec = DeviceSpec.model_validate(d.spec)
                 device_client = real_client if d.real else client
                 _, device_token = await enroll(device_client, token, spec, d.id)

@@ -48,6 +48,7 @@ class UpOptions(BaseModel):
     prefect_port: int | None = None
     mlflow_port: int | None = None
     receiver_port: int | None = None
+    fleet_port: int | None = None
     apply_deployments: bool = True
 
 
@@ -113,6 +114,9 @@ def service_specs(opts: UpOptions, db: Databases, ports: dict[str, int]) -> dict
             args=["-m", "infra.platform.receiver", "--port", str(ports["receiver"]), "--secret-file",
                   str(webhook_secret_file(platform_dir)), "--deliveries", str(platform_dir / "deliveries.db")],
             env=_clean_env(clients), url=receiver_url, health=f"{receiver_url}/health"),
+        "fleet": ServiceSpec(
+            args=["-m", "infra.fleet.serve", "--port", str(ports["fleet"])], env=_clean_env(flows_env),
+            url=f"http://127.0.0.1:{ports['fleet']}", health=f"http://127.0.0.1:{ports['fleet']}/health"),
         "starter": ServiceSpec(
             args=["-m", "infra.platform.starter", "--socket", str(starter_socket)],
             env=_clean_env(flows_env), health=f"unix:{starter_socket}"),
@@ -144,18 +148,18 @@ def start_platform(opts: UpOptions, keep: dict[str, Service] | None = None) -> P
     db = postgres_databases(opts.database) if opts.database else sqlite_databases(home)
     (home / "mlartifacts").mkdir(parents=True, exist_ok=True)
     ports = {name: recorded[name] if name in keep else _port(getattr(opts, f"{name}_port"), recorded.get(name))
-             for name in ("prefect", "mlflow", "receiver")}
+             for name in ("prefect", "mlflow", "receiver", "fleet")}
     specs = service_specs(opts, db, ports)
     started: dict[str, Service] = {}
     try:
-        for wave in (("prefect", "mlflow"), ("receiver",), ("starter", "worker")):
+        for wave in (("prefect", "mlflow"), ("receiver", "fleet"), ("starter", "worker")):
             for name in wave:
                 if name not in keep:
                     started[name] = _spawn(name, specs[name], platform_dir / "logs")
             for name in wave:
                 if name in started and name not in ("starter", "worker"):
                     _wait(started[name])
-            if wave == ("receiver",) and set(started) & {"prefect", "mlflow", "receiver"}:
+            if wave == ("receiver", "fleet") and set(started) & {"prefect", "mlflow", "receiver"}:
                 _configure(opts, specs)
         if "worker" in started:
             api = specs["receiver"].env["PREFECT_API_URL"]
@@ -170,7 +174,8 @@ def start_platform(opts: UpOptions, keep: dict[str, Service] | None = None) -> P
                          artifacts_destination=opts.artifacts_destination, results=opts.results,
                          state_database=db.state,
                          prefect_api_url=f"{specs['prefect'].url}/api", mlflow_uri=specs["mlflow"].url,
-                         receiver_url=f"{specs['receiver'].url}{RECEIVER_PATH}", bindings=str(opts.bindings),
+                         receiver_url=f"{specs['receiver'].url}{RECEIVER_PATH}", fleet_url=specs["fleet"].url,
+                         bindings=str(opts.bindings),
                          repo=str(opts.repo), started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                          services={**keep, **started})
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from infra.process import ProcessRef
 from infra.targets.store import STATE_DB_ENV
 
-SERVICES = ("prefect", "mlflow", "receiver", "starter", "worker")
+SERVICES = ("prefect", "mlflow", "receiver", "fleet", "starter", "worker")
 
 
 class Service(BaseModel):
@@ -41,6 +41,7 @@ class PlatformState(BaseModel):
     prefect_api_url: str
     mlflow_uri: str
     receiver_url: str
+    fleet_url: str | None = Field(None, description="The fleet controller devices enroll with and poll.")
     bindings: str = Field(description="Absolute path of the bindings file the platform follows.")
     repo: str = Field(description="Source checkout the worker runs flows from (prefect.yaml's directory).")
     started_at: str

@@ -20,13 +20,18 @@ def bindings() -> list[dict]:
              "approval": "required", "approval_timeout_s": 600}]
 
 
+FLEET = {"name": "plat-f", "model": "plat-f", "alias": "champion", "group": {"ring": "e2e"},
+         "policy": {"canary": 1, "waves": [100], "max_concurrent": 2, "poll_s": 1, "offline_after_s": 5}}
+
+
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> Iterator[Platform]:
-    """`slmops up` on sqlite in a fresh SLMOPS_HOME, with three tiny models registered (versions 1–3)."""
-    plat = Platform(tmp_path_factory.mktemp("platform-home"), bindings())
+    """`slmops up` on sqlite in a fresh SLMOPS_HOME, with three tiny models bound to local targets and one to a
+    device fleet, registered (versions 1–3)."""
+    plat = Platform(tmp_path_factory.mktemp("platform-home"), bindings(), fleets=[FLEET])
     state = plat.up()
     try:
-        for name in PORTS:
+        for name in [*PORTS, FLEET["model"]]:
             plat.register(name, tiny_onnx, versions=3)
         yield plat
     finally:

@@ -31,11 +31,12 @@ REPO = Path(__file__).resolve().parents[2]
 class Platform:
     """One `slmops up` and helpers to drive it."""
 
-    def __init__(self, home: Path, bindings: list[dict], database: str | None = None):
+    def __init__(self, home: Path, bindings: list[dict], database: str | None = None,
+                 fleets: list[dict] | None = None):
         self.home, self.database = home, database
         self.bindings_file = home / "bindings.yaml"
         home.mkdir(parents=True, exist_ok=True)
-        self.bindings_file.write_text(yaml.safe_dump({"bindings": bindings}))
+        self.bindings_file.write_text(yaml.safe_dump({"bindings": bindings, "fleets": fleets or []}))
         self.state: PlatformState | None = None
 
     def env(self) -> dict[str, str]:

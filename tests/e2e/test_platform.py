@@ -19,14 +19,15 @@ from tests.e2e.conftest import PORTS
 from tests.e2e.platform_harness import alias_envelope, served_version, wait_for
 from tests.fixtures.clients import ContinuousClient
 
-DEPLOYMENTS = {"demo-pipeline", "demo-train", "deploy-champion-local", "promote", "rollback", "redeploy", "reconcile"}
+DEPLOYMENTS = {"demo-pipeline", "demo-train", "deploy-champion-local", "promote", "rollback", "redeploy", "reconcile",
+               "fleet-rollout", "fleet-step"}
 
 
 def test_up_starts_every_service_and_every_flow_is_a_deployment_with_a_typed_form(platform) -> None:
     status = platform.cli("platform", "status", "--json")
     report = json.loads(status.stdout)
-    assert report["up"] is True and set(report["services"]) == {"prefect", "mlflow", "receiver", "starter",
-                                                               "worker"}
+    assert report["up"] is True and set(report["services"]) == {"prefect", "mlflow", "receiver", "fleet",
+                                                               "starter", "worker"}
     assert {s["state"] for s in report["services"].values()} == {"up"}
     deployments = {d["name"]: d for d in platform.prefect("POST", "/deployments/filter", json={}).json()}
     assert set(deployments) >= DEPLOYMENTS

@@ -16,6 +16,7 @@ def upgrade() -> None:
         sa.Column("hw_class", sa.String(16), nullable=False),
         sa.Column("enrolled_at", sa.Float, nullable=False),
         sa.Column("last_seen", sa.Float, nullable=False),
+        sa.Column("due", sa.Float, nullable=False),
         sa.Column("heartbeat", sa.Text),
         sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
         sa.Column("penalty", sa.Boolean, nullable=False, server_default=sa.false()),
