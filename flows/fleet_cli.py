@@ -132,7 +132,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    from infra.fleet.serve import serve
+    from infra.platform.fleet_service import serve
 
     serve(get_settings().root, args.host, args.port, args.egress_mb_s * 1e6 if args.egress_mb_s else None)
     return 0

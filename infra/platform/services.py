@@ -115,7 +115,7 @@ def service_specs(opts: UpOptions, db: Databases, ports: dict[str, int]) -> dict
                   str(webhook_secret_file(platform_dir)), "--deliveries", str(platform_dir / "deliveries.db")],
             env=_clean_env(clients), url=receiver_url, health=f"{receiver_url}/health"),
         "fleet": ServiceSpec(
-            args=["-m", "infra.fleet.serve", "--port", str(ports["fleet"])], env=_clean_env(flows_env),
+            args=["-m", "infra.platform.fleet_service", "--port", str(ports["fleet"])], env=_clean_env(flows_env),
             url=f"http://127.0.0.1:{ports['fleet']}", health=f"http://127.0.0.1:{ports['fleet']}/health"),
         "starter": ServiceSpec(
             args=["-m", "infra.platform.starter", "--socket", str(starter_socket)],

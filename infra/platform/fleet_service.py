@@ -1,4 +1,4 @@
-"""``python -m infra.fleet.serve``: the fleet controller's API on the state database (what ``slmops up`` runs)."""
+"""``python -m infra.platform.fleet_service``: the fleet controller's API on the state database (``slmops up``)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def serve(root: Path, host: str, port: int, egress_bytes_per_s: float | None = N
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m infra.fleet.serve", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m infra.platform.fleet_service", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--egress-mb-s", type=float, help="Cap on all downloads together, MB/s.")
