@@ -29,7 +29,7 @@ def mlflow_on_s3(aws_endpoint: str, s3_bucket, tmp_path: Path, monkeypatch: pyte
     home = tmp_path / "platform-home"
     opts = UpOptions(home=home, repo=tmp_path, bindings=tmp_path / "bindings.yaml",
                      artifacts_destination="s3://batch/slmops")
-    ports = {name: process.free_port() for name in ("prefect", "mlflow", "receiver")}
+    ports = {name: process.free_port() for name in ("prefect", "mlflow", "receiver", "fleet")}
     spec = service_specs(opts, sqlite_databases(home), ports)["mlflow"]
     assert "--default-artifact-root" not in spec.args  # clients must not be told to write a local folder
     service = _spawn("mlflow", spec, home / "platform" / "logs")

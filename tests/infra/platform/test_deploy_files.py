@@ -16,6 +16,7 @@ import yaml
 
 from flows.cli import build_parser
 from infra.platform.database import postgres_urls
+from infra.platform.results import results_env
 from infra.platform.services import WORK_POOL, UpOptions, service_specs
 
 REPO = Path(__file__).resolve().parents[3]
@@ -28,7 +29,7 @@ def up_specs(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("home")
     opts = UpOptions(home=home, repo=REPO, bindings=REPO / "configs" / "bindings.yaml",
                      database="postgresql://slmops:slmops@postgres:5432/slmops")
-    return service_specs(opts, postgres_urls(opts.database), {"prefect": 4200, "mlflow": 5000, "receiver": 8787})
+    return service_specs(opts, postgres_urls(opts.database), {"prefect": 4200, "mlflow": 5000, "receiver": 8787, "fleet": 8790})
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,7 @@ def test_kubernetes_files_use_the_same_receiver_mlflow_settings_and_a_kubernetes
     job = json.loads((DEPLOY / "k8s" / "work-pool-job-variables.json").read_text())
     assert {"MLFLOW_TRACKING_URI", "SLMOPS_HOME", "SLMOPS_REPO", "SLMOPS_BINDINGS",
             "SLMOPS_STATE_DATABASE"} <= set(job["env"])
+    assert results_env("s3://any/prefix").items() <= job["env"].items()  # flow-run pods persist results to S3
     # no pod keeps artifacts on its own disk: the MLflow server proxies them to the configured store
     assert "--artifacts-destination \"$MLFLOW_ARTIFACTS\"" in mlflow["command"][-1]
     assert "MLFLOW_ARTIFACTS" in {e["name"] for e in mlflow["env"]}
@@ -118,7 +120,7 @@ def test_the_callers_mlflow_run_and_endpoints_never_leak_into_the_services(monke
                        "PREFECT_API_URL": "http://y/api"}.items():
         monkeypatch.setenv(key, value)
     opts = UpOptions(home=tmp_path, repo=REPO, bindings=REPO / "configs" / "bindings.yaml")
-    specs = service_specs(opts, postgres_urls("postgresql://u@h/slmops"), {"prefect": 1, "mlflow": 2, "receiver": 3})
+    specs = service_specs(opts, postgres_urls("postgresql://u@h/slmops"), {"prefect": 1, "mlflow": 2, "receiver": 3, "fleet": 4})
     for name, spec in specs.items():
         assert not {"MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"} & set(spec.env), name
         assert spec.env.get("MLFLOW_TRACKING_URI") != "http://x" and spec.env.get("PREFECT_API_URL") != "http://y/api"

@@ -44,8 +44,8 @@ print(run.state.result())
 def test_results_land_in_s3_and_another_process_reads_them(aws_endpoint: str, s3_bucket, tmp_path: Path) -> None:
     home = tmp_path / "platform-home"
     opts = UpOptions(home=home, repo=REPO, bindings=tmp_path / "bindings.yaml", results="s3://batch/prefect")
-    specs = service_specs(opts, sqlite_databases(home), {n: process.free_port() for n in ("prefect", "mlflow",
-                                                                                          "receiver")})
+    ports = {n: process.free_port() for n in ("prefect", "mlflow", "receiver", "fleet")}
+    specs = service_specs(opts, sqlite_databases(home), ports)
     worker_env = specs["worker"].env
     assert worker_env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] == RESULTS_BLOCK_SLUG
     prefect = _spawn("prefect", specs["prefect"], home / "platform" / "logs")
