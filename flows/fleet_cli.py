@@ -162,11 +162,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
                 identity.chmod(0o600)
                 print(f"enrolled as {device_id}", file=sys.stderr)
             token = json.loads(identity.read_text())["device_token"]
-            runtime = LocalServerRuntime(args.home)
-            try:
-                await Agent(client, token, runtime, args.home, args.disk_mb).run(lambda: False)
-            finally:
-                runtime.close()
+            # the model server outlives the agent (an agent restart or upgrade does not stop serving): the next
+            # agent adopts it, or serves the version the device ran from its disk
+            await Agent(client, token, LocalServerRuntime(args.home), args.home, args.disk_mb).run(lambda: False)
 
     asyncio.run(run())
     return 0

@@ -125,8 +125,21 @@ class Agent:
         self.stats.events.append((round(self.clock.now(), 3), what))
 
     # -- the loop -------------------------------------------------------------------------------------------
+    async def restore(self) -> None:
+        """After a restart: serve again what the device ran, from its disk, unless its runtime still serves it."""
+        saved = self.state.get("release")
+        serving = getattr(self.runtime, "serving", None)
+        if not saved or serving is None or (serving() and serving().digest == self.running.digest):
+            return
+        release, variant = Release.model_validate(saved["release"]), Variant.model_validate(saved["variant"])
+        path = self.home / "versions" / variant.digest
+        if path.is_file():
+            await self.runtime.switch(await self.runtime.load(release, variant, path))
+            self.event(f"serves {release.version} {variant.kind} again after a restart")
+
     async def run(self, stop: Callable[[], bool], online: Callable[[], bool] = lambda: True) -> None:
         """Poll until ``stop()``; while ``online()`` is false the device is off (no requests)."""
+        await self.restore()
         await self.clock.sleep(self.rng.uniform(0, 5))
         while not stop():
             if not online():
@@ -164,8 +177,7 @@ class Agent:
         release, variant = desired.release, desired.variant
         assert release is not None and variant is not None
         self.stats.applies += 1
-        back = variant.digest == (self.state.get("previous") or {}).get("digest") and \
-            variant.digest in self.on_disk()
+        back = desired.rollback and variant.digest in self.on_disk()
         if self.on_apply:
             self.on_apply(release.version, back, True)
         try:
@@ -238,6 +250,7 @@ class Agent:
         self.state["previous"] = self.state["running"] or None
         self.state["running"] = Running(model=release.model, version=release.version, kind=variant.kind,
                                         digest=variant.digest).model_dump()
+        self.state["release"] = {"release": release.model_dump(), "variant": variant.model_dump()}
         self.state["figures"][variant.digest] = {"ttft_ms": probe.ttft_ms, "tokens_per_s": probe.tokens_per_s}
         self._write_state()
         self._prune()
@@ -248,6 +261,7 @@ class Agent:
         await self.runtime.switch(loaded)
         self.state["previous"], self.state["running"] = self.state["running"], Running(
             model=release.model, version=release.version, kind=variant.kind, digest=variant.digest).model_dump()
+        self.state["release"] = {"release": release.model_dump(), "variant": variant.model_dump()}
         self._write_state()
 
     def _prune(self) -> None:

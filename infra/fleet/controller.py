@@ -307,7 +307,7 @@ class Controller:
         """Record the heartbeat and answer what the device should run."""
         self.requests += 1
         with self._guard, self.engine.begin() as conn:
-            desired = self._desired(conn, device_id, beat)
+            desired = self._desired(conn, device_id, beat.running.digest)
             self._seen(conn, device_id, desired, heartbeat=beat.model_dump_json())
             return desired
 
@@ -344,7 +344,7 @@ class Controller:
                     conn.execute(sa.update(DEVICES).where(DEVICES.c.id == device_id)
                                  .values(failures=failures, penalty=penalty))
                 conn.execute(sa.update(TARGETS).where(*where).values(**values))
-            desired = self._desired(conn, device_id, None)
+            desired = self._desired(conn, device_id, report.running.digest)
             self._seen(conn, device_id, desired)
             return desired
 
@@ -354,7 +354,8 @@ class Controller:
             raise FleetError(f"no rollout {rollout_id}")
         return Rollout.of(row)
 
-    def _desired(self, conn: Any, device_id: str, beat: Heartbeat | None) -> Desired:
+    def _desired(self, conn: Any, device_id: str, runs: str | None) -> Desired:
+        """What ``device_id``, which runs the artifact ``runs``, should run now (granting an update slot)."""
         device = self._device(conn, device_id)
         spec = DeviceSpec.model_validate_json(device.spec)
         r = self._rollout_for(conn, spec.labels)
@@ -367,15 +368,22 @@ class Controller:
                      max_ttft_regression=r.policy.max_ttft_regression,
                      max_tps_regression=r.policy.max_tps_regression, apply_timeout_s=r.policy.apply_timeout_s,
                      latency_slack_ms=r.policy.latency_slack_ms)
+        back = stay.model_copy(update={"rollback": True})
         where = (TARGETS.c.rollout_id == r.id, TARGETS.c.device_id == device_id)
         row = conn.execute(sa.select(TARGETS).where(*where)).first()
         state = row.state if row is not None else "pending"
         if state in ("ok", UPDATING):
             if r.closed(spec.hw_class):
                 conn.execute(sa.update(TARGETS).where(*where).values(state="rollback"))
-                return stay
+                return back
+            if state == UPDATING and go.variant is not None and runs == go.variant.digest:
+                conn.execute(sa.update(TARGETS).where(*where).values(state="ok", done_at=self.clock()))
             return go
-        if state in ("failed", "rollback", "rolled-back") or device.penalty or r.closed(spec.hw_class):
+        if state == "rollback":
+            if stay.variant is not None and runs == stay.variant.digest:  # back already (e.g. never switched)
+                conn.execute(sa.update(TARGETS).where(*where).values(state="rolled-back", done_at=self.clock()))
+            return back
+        if state in ("failed", "rolled-back") or device.penalty or r.closed(spec.hw_class):
             return stay
         if go.variant is None:  # no variant this runtime loads: a failure the status shows, never a download
             self._fail_unservable(conn, r, device_id, spec, row)
@@ -387,6 +395,14 @@ class Controller:
         wave = self.plan(conn, r, device_id).waves.get(device_id)
         if wave is None or (r.state == "running" and wave > r.wave):
             return stay
+        if runs == go.variant.digest:  # it runs this release already (e.g. from a superseded rollout): done
+            values = {"state": "ok", "variant": go.variant.model_dump_json(), "done_at": self.clock()}
+            if row is None:
+                conn.execute(sa.insert(TARGETS).values(rollout_id=r.id, device_id=device_id, hw_class=spec.hw_class,
+                                                       wave=wave, attempts=0, reason="", loaded_new=False, **values))
+            else:
+                conn.execute(sa.update(TARGETS).where(*where).values(**values))
+            return go
         self._lock(conn, f"rollout:{r.id}")
         busy = conn.execute(sa.select(sa.func.count()).select_from(TARGETS).where(
             TARGETS.c.rollout_id == r.id, TARGETS.c.state == UPDATING)).scalar()

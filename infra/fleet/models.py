@@ -165,6 +165,7 @@ class Desired(BaseModel):
 
     rollout_id: int | None = None
     release: Release | None = Field(None, description="None: keep running what you run.")
+    rollback: bool = Field(False, description="Go back to this release (kept on disk): switch without checks.")
     variant: Variant | None = None
     max_ttft_regression: float = 25.0
     max_tps_regression: float = 25.0

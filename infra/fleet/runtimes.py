@@ -75,6 +75,22 @@ class LocalServerRuntime:
     def __init__(self, home: Path, threads: int = 1):
         self.home, self.threads = Path(home), threads
         self.current: LocalLoaded | None = None
+        self._adopt()
+
+    def _adopt(self) -> None:
+        """The server a previous agent process left serving (it outlives the agent), if it still runs."""
+        path = self.home / "serving.json"
+        if not path.is_file():
+            return
+        saved = json.loads(path.read_text())
+        ref = process.ProcessRef.model_validate(saved["process"])
+        if ref.liveness() is process.Liveness.RUNNING:
+            self.current = LocalLoaded(release=Release.model_validate(saved["release"]),
+                                       variant=Variant.model_validate(saved["variant"]), ref=ref, url=saved["url"])
+
+    def serving(self) -> Variant | None:
+        """The variant whose server runs now."""
+        return self.current.variant if self.current else None
 
     def free_memory_mb(self) -> int:
         return free_memory_mb()
@@ -141,6 +157,10 @@ class LocalServerRuntime:
 
     async def switch(self, loaded: LocalLoaded) -> None:
         old, self.current = self.current, loaded
+        tmp = self.home / "serving.json.tmp"
+        tmp.write_text(json.dumps({"process": loaded.ref.model_dump(), "url": loaded.url,
+                                   "release": loaded.release.model_dump(), "variant": loaded.variant.model_dump()}))
+        tmp.replace(self.home / "serving.json")
         if old is not None:
             await asyncio.to_thread(process.stop, old.ref)
 
@@ -148,9 +168,11 @@ class LocalServerRuntime:
         await asyncio.to_thread(process.stop, loaded.ref)
 
     def close(self) -> None:
+        """Stop serving (the simulator's real devices; a device agent leaves its server running)."""
         if self.current is not None:
             process.stop(self.current.ref)
             self.current = None
+            (self.home / "serving.json").unlink(missing_ok=True)
 
 
 @dataclass

@@ -130,10 +130,46 @@ def test_an_update_is_checked_before_the_switch_and_rolls_back_from_disk(tmp_pat
         assert second.outcome == "ok" and second.running.version == "2" and second.loaded_new
         assert set(agent.on_disk()) == {v1.variants[0].digest, v2.variants[0].digest}  # the previous one is kept
         downloads = len(fleet.sent)
-        back = run_with_client(fleet, lambda c: agent.apply(Desired(rollout_id=1, release=v1,
+        back = run_with_client(fleet, lambda c: agent.apply(Desired(rollout_id=1, release=v1, rollback=True,
                                                                     variant=v1.variants[0])))
-        assert back.outcome == "rolled-back" and back.running.version == "1"
+        assert back.outcome == "rolled-back" and back.running.version == "1" and not back.loaded_new
         assert len(fleet.sent) == downloads  # from disk: nothing downloaded
+        # a rollout (not a rollback) to a version kept on disk is checked like any other, without a download
+        again = run_with_client(fleet, lambda c: agent.apply(Desired(rollout_id=2, release=v2,
+                                                                     variant=v2.variants[0])))
+        assert again.outcome == "ok" and again.loaded_new and len(fleet.sent) == downloads
     else:
         assert second.outcome == "failed" and second.failure == failure and second.loaded_new
         assert agent.running.version == "1"  # still serving the old version
+
+
+def test_a_restarted_agent_adopts_its_server_or_serves_again_from_disk(tmp_path: Path, tiny_onnx: Path) -> None:
+    """The model server outlives its agent (a real `python -m infra.serving` process): the next agent adopts it,
+    and after a reboot (server gone) serves the version the device ran again from its disk, before any poll."""
+    from infra.fleet.runtimes import LocalServerRuntime, pack_served_folder
+
+    fleet = Fleet(tmp_path)
+    packed = pack_served_folder(tiny_onnx, tmp_path / "v1.tar", "1")
+    v1 = Release(model="tiny-slm", version="1", variants=[fleet.variant("onnx-int4", packed.read_bytes())])
+    home = tmp_path / "device"
+
+    async def first(client):
+        agent = await agent_for(fleet, client, home, LocalServerRuntime(home))
+        return await agent.apply(Desired(rollout_id=1, release=v1, variant=v1.variants[0])), agent.token
+
+    report, token = run_with_client(fleet, first)
+    assert report.outcome == "ok", report.reason
+    adopted = LocalServerRuntime(home)  # a new agent process
+    try:
+        assert adopted.current is not None and adopted.current.ref.liveness() is process.Liveness.RUNNING
+        process.stop(adopted.current.ref)  # the machine rebooted: nothing serves
+        fresh = LocalServerRuntime(home)
+        assert fresh.current is None
+        agent = Agent(httpx.AsyncClient(), token, fresh, home, disk_mb=64)
+        asyncio.run(agent.restore())
+        assert fresh.current is not None and fresh.current.release.version == "1"
+        assert httpx.get(f"{fresh.current.url}/v1/models", timeout=10).json()["data"][0]["version"] == "1"
+    finally:
+        for runtime in (adopted, locals().get("fresh")):
+            if runtime is not None:
+                runtime.close()

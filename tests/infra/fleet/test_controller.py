@@ -208,3 +208,20 @@ def test_the_fleet_lives_in_the_platform_postgresql() -> None:
         for url in (f"{POSTGRES}/{name}", f"{POSTGRES}/{name}?application_name=second"):
             state_engine(url).dispose()
         drop_databases(name)
+
+
+def test_a_device_that_runs_the_release_already_is_done_without_a_slot(ctl) -> None:
+    c, _ = ctl
+    devices = enroll(c, 2)
+    first = c.start_rollout("shops", "m", "champion", V2, {"ring": "prod"}, POLICY.model_copy(
+        update={"waves": [100.0], "canary": 2, "max_concurrent": 1}), previous=V1)
+    assert c.poll(devices[0], beat()).release.version == "2"
+    ok(c, devices[0], first)
+    # the alias moved again to the same version: the updated device needs nothing, the other gets the slot
+    second = c.start_rollout("shops", "m", "champion", V2, {"ring": "prod"}, POLICY.model_copy(
+        update={"waves": [100.0], "canary": 2, "max_concurrent": 1}), previous=V1)
+    assert c.poll(devices[0], beat("2", V2.variants[0].digest)).release.version == "2"
+    assert c.poll(devices[1], beat()).release.version == "2"  # the one slot was free
+    ok(c, devices[1], second)
+    assert c.step(second).wave == 1 and c.step(second).state == "done"  # the canary wave, then 100 %
+    assert c.status("shops")[0]["classes"]["cpu-avx2"]["updated"] == 2

@@ -29,7 +29,8 @@ def up_specs(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("home")
     opts = UpOptions(home=home, repo=REPO, bindings=REPO / "configs" / "bindings.yaml",
                      database="postgresql://slmops:slmops@postgres:5432/slmops")
-    return service_specs(opts, postgres_urls(opts.database), {"prefect": 4200, "mlflow": 5000, "receiver": 8787, "fleet": 8790})
+    return service_specs(opts, postgres_urls(opts.database),
+                         {"prefect": 4200, "mlflow": 5000, "receiver": 8787, "fleet": 8790})
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,8 @@ def test_the_callers_mlflow_run_and_endpoints_never_leak_into_the_services(monke
                        "PREFECT_API_URL": "http://y/api"}.items():
         monkeypatch.setenv(key, value)
     opts = UpOptions(home=tmp_path, repo=REPO, bindings=REPO / "configs" / "bindings.yaml")
-    specs = service_specs(opts, postgres_urls("postgresql://u@h/slmops"), {"prefect": 1, "mlflow": 2, "receiver": 3, "fleet": 4})
+    specs = service_specs(opts, postgres_urls("postgresql://u@h/slmops"),
+                          {"prefect": 1, "mlflow": 2, "receiver": 3, "fleet": 4})
     for name, spec in specs.items():
         assert not {"MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"} & set(spec.env), name
         assert spec.env.get("MLFLOW_TRACKING_URI") != "http://x" and spec.env.get("PREFECT_API_URL") != "http://y/api"
