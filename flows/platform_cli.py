@@ -169,7 +169,7 @@ def add_parsers(sub: argparse._SubParsersAction, port_type) -> None:
                     "profile; MLFLOW_S3_ENDPOINT_URL for an S3-compatible store). Clients upload and download "
                     "through the server. Default: mlartifacts/ under SLMOPS_HOME.")
     up.add_argument("--results", metavar="S3_URI", help="s3://bucket/prefix where every flow run persists its "
-                    "Prefect results (an s3-bucket block of prefect-aws), so a retry or another worker finds them; "
+                    "Prefect results (the slmops-s3-results block), so a retry or another worker finds them; "
                     "the workers' AWS environment reaches the bucket (AWS_ENDPOINT_URL for an S3-compatible store).")
     up.add_argument("--bindings", metavar="FILE", help="Which targets follow which alias (default: "
                     "SLMOPS_BINDINGS or configs/bindings.yaml).")
@@ -197,8 +197,9 @@ def add_parsers(sub: argparse._SubParsersAction, port_type) -> None:
                            "variable slmops_state_database (without a password) for commands that know only the "
                            "Prefect API; workers get it as SLMOPS_STATE_DATABASE.")
     configure.add_argument("--results", metavar="S3_URI", help="s3://bucket/prefix for flow runs' Prefect results "
-                           "(saves the s3-bucket block slmops-results; give the workers PREFECT_RESULTS_PERSIST_BY_"
-                           "DEFAULT=true and PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=s3-bucket/slmops-results).")
+                           "(saves the slmops-s3-results block slmops-results; give the workers PREFECT_RESULTS_"
+                           "PERSIST_BY_DEFAULT=true and PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=slmops-s3-results/"
+                           "slmops-results).")
     configure.add_argument("--pool", default="slmops-process", help="Work pool the deployments run in.")
     configure.add_argument("--pool-type", default="process", choices=("process", "kubernetes", "docker", "ecs"),
                            help="Type of that work pool (created if absent).")

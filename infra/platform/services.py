@@ -44,7 +44,7 @@ class UpOptions(BaseModel):
         "--artifacts-destination` takes), served to clients through the server itself so no worker needs the "
         "store's credentials or a shared disk; None: mlartifacts/ under SLMOPS_HOME.")
     results: str | None = Field(None, description="s3://bucket/prefix where every flow run persists its Prefect "
-                                 "results (an s3-bucket block); None: results stay in the run's process.")
+                                 "results (the slmops-s3-results block); None: results stay in the run's process.")
     prefect_port: int | None = None
     mlflow_port: int | None = None
     receiver_port: int | None = None

@@ -96,7 +96,9 @@ def test_scheduled_batch_completes_and_a_run_started_meanwhile_is_cancelled(
     from prefect.workers.process import ProcessWorker
 
     api, env = prefect_server
-    rows = split_rows(tiny_assets) * 2  # ids come from line numbers: all distinct
+    # long enough (about 10 s of answering) that the second run is proposed while the first runs, however slow
+    # the worker is to pick it up; ids come from line numbers: all distinct
+    rows = split_rows(tiny_assets) * 40
     source = write_jsonl(tmp_path / "requests.jsonl", [{k: v for k, v in r.items() if k != "id"} for r in rows])
     params = {"model_ref": f"{batch_model}@champion", "input": str(source), "output": str(tmp_path / "nightly/{date}")}
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:

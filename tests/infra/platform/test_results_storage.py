@@ -1,5 +1,5 @@
 """``slmops up --results s3://…``: every flow run persists its Prefect result to S3 through the platform's
-``s3-bucket`` block, and a process on another "worker" (none of the first one's disk) reads it back.
+``slmops-s3-results`` block, and a process on another "worker" (none of the first one's disk) reads it back.
 
 AWS cannot exist here: S3 is a moto server on 127.0.0.1 (``aws_endpoint``), reached through ``AWS_ENDPOINT_URL``.
 The Prefect server is the real one, started from the very spec ``slmops up`` starts it from.
@@ -48,6 +48,7 @@ def test_results_land_in_s3_and_another_process_reads_them(aws_endpoint: str, s3
     specs = service_specs(opts, sqlite_databases(home), ports)
     worker_env = specs["worker"].env
     assert worker_env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] == RESULTS_BLOCK_SLUG
+    assert RESULTS_BLOCK_SLUG == "slmops-s3-results/slmops-results"
     prefect = _spawn("prefect", specs["prefect"], home / "platform" / "logs")
     try:
         _wait(prefect)
