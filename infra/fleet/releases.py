@@ -11,6 +11,7 @@ from pathlib import Path
 
 from infra.fleet.models import GoldenPrompt, Release, Variant
 from infra.fleet.runtimes import pack_served_folder
+from infra.targets.foundry import write_layout
 from tasks.records import ModelRelease
 
 GGUF_KINDS = {"Q4_K_M": "gguf-q4_k_m", "Q8_0": "gguf-q8_0"}
@@ -40,14 +41,19 @@ def store_artifact(path: Path, artifacts: Path) -> tuple[str, int]:
 
 def fleet_release(release: ModelRelease, golden: list[GoldenPrompt], artifacts: Path,
                   precision: str = "int4") -> Release:
-    """The fleet's view of ``release``: ``onnx-<precision>`` (the served folder as a tar) and the GGUF files it
-    has (Q4_K_M, Q8_0), stored in ``artifacts``."""
+    """The fleet's view of ``release``, stored in ``artifacts``: ``onnx-<precision>`` (the served folder as a
+    tar), ``foundry`` (the same folder in Foundry Local's layout, with ``inference_model.json``), and the GGUF files
+    it has (Q4_K_M, Q8_0)."""
     variants = []
     with tempfile.TemporaryDirectory(prefix="slmops-fleet-") as tmp:
         packed = pack_served_folder(Path(release.onnx_dir), Path(tmp) / "served.tar", release.version)
-        sha, size = store_artifact(packed, artifacts)
-    variants.append(Variant(kind=f"onnx-{precision}", digest=sha, size_bytes=size, memory_bytes=size + OVERHEAD,
-                            url=f"/v1/artifacts/{sha}"))
+        layout = Path(tmp) / "foundry"
+        write_layout(release, layout, f"{release.name}:{release.version}")
+        foundry = pack_served_folder(layout, Path(tmp) / "foundry.tar", release.version)
+        for kind, path in ((f"onnx-{precision}", packed), ("foundry", foundry)):
+            sha, size = store_artifact(path, artifacts)
+            variants.append(Variant(kind=kind, digest=sha, size_bytes=size, memory_bytes=size + OVERHEAD,
+                                    url=f"/v1/artifacts/{sha}"))
     for quant, file in sorted(release.gguf.items()):
         if quant.upper() in GGUF_KINDS and Path(file).is_file():
             sha, size = store_artifact(Path(file), artifacts)
