@@ -4,6 +4,7 @@ artifact; ``fleet-step`` (scheduled) advances every active rollout, so progress 
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated, Any
 
@@ -52,7 +53,7 @@ def start_rollout(fleet: FleetBinding, version: str) -> int:
 
 def publish(fleet: str) -> dict[str, Any]:
     status = controller().status(fleet)[0]
-    create_markdown_artifact(markdown=status_markdown(status), key=f"fleet-{fleet.lower().replace('_', '-')}",
+    create_markdown_artifact(markdown=status_markdown(status), key="fleet-" + re.sub(r"[^a-z0-9-]", "-", fleet.lower()),
                              description=f"Fleet {fleet}: rollout {status['rollout']}")
     return status
 

@@ -12,8 +12,7 @@ import hashlib
 import json
 import logging
 import random
-import statistics
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -327,11 +326,6 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def median_probe(samples: list[tuple[float, float]]) -> tuple[float, float]:
-    """Median TTFT and tokens/s of probe samples."""
-    return statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)
-
-
 async def enroll(client: httpx.AsyncClient, token: str, spec: Any, device_id: str | None = None) -> tuple[str, str]:
     """Enroll with an enrollment token; (device id, device token)."""
     answer = await client.post("/v1/enroll", json={"token": token, "spec": spec.model_dump(),
@@ -341,5 +335,3 @@ async def enroll(client: httpx.AsyncClient, token: str, spec: Any, device_id: st
     body = answer.json()
     return body["device_id"], body["device_token"]
 
-
-Sleeper = Callable[[float], Awaitable[None]]

@@ -28,25 +28,36 @@ def main() -> None:
     path = os.environ.get("SLMOPS_STARTER_SOCKET")
     if not path:
         _cold_start("SLMOPS_STARTER_SOCKET is not set")
+    run: dict[str, int] = {}  # the forked run's pid, once the starter names it
+    pending: list[int] = []  # signals that came before it did (the run may print before we read its pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        if "pid" not in run:
+            pending.append(signum)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(run["pid"], signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(path)
         body = json.dumps({"env": dict(os.environ), "cwd": os.getcwd()}).encode()
         socket.send_fds(conn, [struct.pack("!I", len(body)) + body], [0, 1, 2])
     except OSError as exc:
+        if pending:  # cancelled before anything ran
+            sys.exit(128 + pending[0])
         _cold_start(f"no starter at {path} ({exc.strerror or exc})")
     replies = conn.makefile("rb")
     first = replies.readline()
     if not first:  # the starter died before forking: nothing ran yet
+        if pending:
+            sys.exit(128 + pending[0])
         _cold_start(f"the starter at {path} closed the connection")
-    pid = json.loads(first)["pid"]
-
-    def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
+    run["pid"] = json.loads(first)["pid"]
+    for signum in pending:
+        forward(signum, None)
     last = replies.readline()
     sys.exit(json.loads(last)["exit"] if last else 1)  # no report: the run was killed
 
