@@ -30,6 +30,7 @@ from infra.fleet.models import (
     Report,
     RolloutPolicy,
     VariantPolicy,
+    check_labels,
 )
 from infra.targets.store import lock_key, state_engine
 from tasks.errors import SlmopsError
@@ -125,7 +126,10 @@ class Controller:
     # -- enrollment ----------------------------------------------------------------------------------------
     def create_token(self, labels: dict[str, str], uses: int = 1, ttl_s: float = 86400.0) -> str:
         """An enrollment token: ``uses`` devices may enroll with it within ``ttl_s``; they get ``labels``."""
-        DeviceSpec(labels=labels, hw_class="cpu-avx2", runtime="local", memory_mb=1, disk_mb=1)  # validates labels
+        try:
+            check_labels(labels)
+        except ValueError as exc:  # a user's typo: one line on the terminal
+            raise FleetError(str(exc)) from None
         token = "enr_" + secrets.token_urlsafe(24)
         with self.engine.begin() as conn:
             conn.execute(sa.insert(TOKENS).values(token_hash=digest(token), labels=json.dumps(labels),

@@ -23,6 +23,14 @@ RUNTIME_VARIANTS: dict[str, tuple[str, ...]] = {  # what each device runtime can
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 
 
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """``labels`` when every key and value is [A-Za-z0-9._/-], up to 63 characters; else a ValueError."""
+    bad = [f"{k}={v}" for k, v in labels.items() if not (LABEL.match(k) and LABEL.match(v))]
+    if bad:
+        raise ValueError(f"labels are [A-Za-z0-9._/-], up to 63 characters: {', '.join(bad)}")
+    return labels
+
+
 class DeviceSpec(BaseModel):
     """What a device says about itself when it enrolls (labels also come from its enrollment token)."""
 
@@ -36,10 +44,7 @@ class DeviceSpec(BaseModel):
     @field_validator("labels")
     @classmethod
     def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        bad = [f"{k}={v}" for k, v in labels.items() if not (LABEL.match(k) and LABEL.match(v))]
-        if bad:
-            raise ValueError(f"labels are [A-Za-z0-9._/-], up to 63 characters: {', '.join(bad)}")
-        return labels
+        return check_labels(labels)
 
 
 class Variant(BaseModel):

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from infra import process
 from infra.fleet.agent import Agent, enroll
 from infra.fleet.controller import TARGETS, Controller
 from infra.fleet.models import DeviceSpec, GoldenPrompt, Release, RolloutPolicy, Variant, VariantPolicy
@@ -302,9 +303,7 @@ class Simulation:
             await client.aclose()
 
     async def _serve(self, app: Any) -> tuple[Any, httpx.AsyncClient]:
-        import uvicorn
-
-        from infra import process
+        import uvicorn  # only with real devices
 
         port = process.free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -355,7 +354,7 @@ class Simulation:
                 for d in devices:
                     if d.offline_until == float("inf"):
                         d.offline_until, d.returned = ended_at + rng.uniform(30, 300), True
-            if ended_at is not None and self._settled(controller, rid, devices, v1, v2):
+            if ended_at is not None and self._settled(controller, rid, devices):
                 break
         done = True
         end = self.clock.now()
@@ -377,8 +376,7 @@ class Simulation:
         with controller.engine.connect() as conn:
             return {t.device_id: t for t in conn.execute(sa.select(TARGETS).where(TARGETS.c.rollout_id == rid))}
 
-    def _settled(self, controller: Controller, rid: int, devices: list[SimDevice], v1: Release,
-                 v2: Release) -> bool:
+    def _settled(self, controller: Controller, rid: int, devices: list[SimDevice]) -> bool:
         r, rows = controller.rollout(rid), self._rows(controller, rid)
         return all(d.agent.running.version == self._final_version(r, rows.get(d.id), d) for d in devices
                    if d.offline_until is None or d.returned)
