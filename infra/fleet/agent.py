@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,6 @@ class RealClock:
     """Wall-clock time."""
 
     def now(self) -> float:
-        import time
-
         return time.time()
 
     async def sleep(self, seconds: float) -> None:

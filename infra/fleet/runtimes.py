@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import platform
 import random
 import tarfile
 import time
@@ -31,8 +32,6 @@ def free_memory_mb() -> int:
 
 def hardware_class() -> str:
     """This machine's hardware class (cpu-avx512, cpu-avx2 or arm64)."""
-    import platform
-
     if platform.machine() in ("aarch64", "arm64"):
         return "arm64"
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
